@@ -1,0 +1,51 @@
+# fleet: the two commands a newcomer needs are `make lab` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_FORCE_COLOR ?= 0
+PY_SOURCES := filter_plugins lab services tools tests molecule
+
+.PHONY: lab lab-up lab-down deps venv releases test unit lint molecule clean
+
+## lab: set everything up, start the 3-host lab fleet and converge it with site.yml
+lab: deps lab-up releases
+	ansible-playbook site.yml
+
+## test: set everything up and run every test (unit, lint, molecule)
+test: deps unit lint molecule
+
+deps: venv
+	scripts/install-host-deps.sh
+	python3 -m lab dockerd
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+lab-up: deps
+	python3 -m lab up
+
+lab-down:
+	python3 -m lab down
+
+releases:
+	python3 tools/build_release.py --all-lab
+
+unit: venv
+	pytest -q tests/unit
+
+lint: venv
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check $(PY_SOURCES)
+	mypy $(PY_SOURCES)
+
+molecule: deps
+	python3 -m lab build
+	molecule test --all
+
+clean: lab-down
+	rm -rf $(VENV) build
