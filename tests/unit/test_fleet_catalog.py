@@ -1,0 +1,533 @@
+"""Unit tests for filter_plugins/fleet_catalog.py."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.errors import AnsibleFilterError
+
+from filter_plugins import fleet_catalog
+from filter_plugins.fleet_catalog import (
+    FilterModule,
+    fleet_idle_slot,
+    fleet_release_archive,
+    fleet_services_on_host,
+    fleet_validated_catalog,
+)
+
+GROUPS: dict[str, list[str]] = {"fleet": ["h1", "h2", "h3"], "web": ["h1", "h2"], "gpu": ["h3"]}
+STORE = "/srv/fleet/releases"
+
+
+def _service(name: str, port: int) -> dict[str, Any]:
+    """One entry as inventories/lab/group_vars/all/fleet_services.yml writes it."""
+    return {
+        "port": port,
+        "group": "fleet",
+        "health": {"path": "/health"},
+        "release": {"version": "1.0.0", "archive": f"{STORE}/demo-service-{{version}}.tar.gz"},
+        "command": "/usr/bin/python3 app.py --port {port}",
+        "environment": {"DEMO_SERVICE_NAME": name},
+        "nginx": {"server_names": [f"{name}.fleet.test"]},
+    }
+
+
+def example_catalog() -> dict[str, dict[str, Any]]:
+    """The operators' catalog (a fresh copy each call, so tests may change it)."""
+    return {
+        "zapier-mcp": _service("zapier-mcp", 8090),
+        "personas-api": _service("personas-api", 8000),
+        "main-api": _service("main-api", 8010),
+        "infrastructure": _service("infrastructure", 8080),
+    }
+
+
+def problems(services: Any, groups: Any = None, **kwargs: Any) -> list[str]:
+    """The problem lines fleet_validated_catalog raises for `services`."""
+    with pytest.raises(AnsibleFilterError) as raised:
+        fleet_validated_catalog(services, GROUPS if groups is None else groups, **kwargs)
+    return str(raised.value.message).splitlines()
+
+
+def problem(services: Any, prefix: str, *fragments: str, **kwargs: Any) -> str:
+    """The one problem line starting with `prefix`, checked to contain every fragment."""
+    lines = problems(services, **kwargs)
+    matching = [line for line in lines if line.startswith(prefix)]
+    assert len(matching) == 1, f"expected one line starting {prefix!r} in {lines}"
+    for fragment in fragments:
+        assert fragment in matching[0], f"{fragment!r} not in {matching[0]!r}"
+    return matching[0]
+
+
+def with_change(name: str, path: str, value: Any) -> dict[str, dict[str, Any]]:
+    """The example catalog with `path` (dotted, e.g. 'health.path') of service `name` set to `value`.
+
+    A value of DELETE removes the key.
+    """
+    services = example_catalog()
+    target = services[name]
+    *parents, leaf = path.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    if value is DELETE:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    return services
+
+
+DELETE = object()
+
+
+# --------------------------------------------------------------------------- a valid catalog
+
+def test_example_catalog_is_valid_with_derived_keys() -> None:
+    catalog = fleet_validated_catalog(example_catalog(), GROUPS)
+    assert sorted(catalog) == ["infrastructure", "main-api", "personas-api", "zapier-mcp"]
+    svc = catalog["zapier-mcp"]
+    assert svc["name"] == "zapier-mcp"
+    assert (svc["port"], svc["blue_port"], svc["green_port"]) == (8090, 8090, 9090)
+    assert svc["slots"] == [8090, 9090]
+    assert svc["hosts"] == ["h1", "h2", "h3"]
+    assert svc["unit"] == "zapier-mcp@"
+    assert svc["upstream"] == "fleet_zapier_mcp"
+
+
+def test_defaults_are_filled_in() -> None:
+    services = {"api": {"port": 8000, "group": "web", "command": "./run --port {port}",
+                        "release": {"version": "2.0", "archive": "https://releases.test/api-{version}.tar.gz"},
+                        "nginx": {"server_names": ["api.test"]}}}
+    svc = fleet_validated_catalog(services, GROUPS)["api"]
+    assert svc["description"] == "api (fleet service)"
+    assert svc["health"] == {"path": "/health", "status": 200, "body": "", "timeout": 60,
+                             "interval": 0.5, "start_grace": 0}
+    assert svc["release"]["keep"] == 5
+    assert svc["environment"] == {}
+    assert svc["nginx"] == {"server_names": ["api.test"], "location": "/"}
+    assert svc["drain_timeout"] == 30
+    assert svc["user"] == "fleet"
+    assert svc["hosts"] == ["h1", "h2"]
+
+
+def test_given_values_are_kept_and_environment_is_stringified() -> None:
+    services = with_change("main-api", "health", {"path": "/ready", "status": 204, "body": "ok",
+                                                  "timeout": 5, "interval": 0.1, "start_grace": 2})
+    services["main-api"].update(environment={"WORKERS": 4, "RATIO": 0.5, "MODE": "fast"}, drain_timeout=10,
+                                user="api", description="Main API")
+    services["main-api"]["release"]["keep"] = 3
+    svc = fleet_validated_catalog(services, GROUPS)["main-api"]
+    assert svc["health"] == {"path": "/ready", "status": 204, "body": "ok", "timeout": 5,
+                             "interval": 0.1, "start_grace": 2}
+    assert svc["environment"] == {"WORKERS": "4", "RATIO": "0.5", "MODE": "fast"}
+    assert (svc["drain_timeout"], svc["user"], svc["description"]) == (10, "api", "Main API")
+    assert svc["release"]["keep"] == 3
+
+
+def test_input_is_not_mutated_and_result_is_new() -> None:
+    services = example_catalog()
+    before = copy.deepcopy(services)
+    catalog = fleet_validated_catalog(services, GROUPS)
+    assert services == before
+    for name, svc in catalog.items():
+        assert svc is not services[name]
+        assert svc["health"] is not services[name]["health"]
+        assert svc["environment"] is not services[name]["environment"]
+
+
+def test_highest_port_is_allowed() -> None:
+    services = with_change("zapier-mcp", "port", 64535)
+    assert fleet_validated_catalog(services, GROUPS)["zapier-mcp"]["slots"] == [64535, 65535]
+
+
+def test_location_routed_service_on_default_server() -> None:
+    services = with_change("main-api", "nginx", {"location": "/main/"})
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["nginx"] == {"server_names": [],
+                                                                              "location": "/main/"}
+
+
+def test_inventory_catalog_is_valid() -> None:
+    """The catalog the lab inventory ships passes (fleet_release_store replaced by a literal path)."""
+    path = Path(__file__).resolve().parents[2] / "inventories/lab/group_vars/all/fleet_services.yml"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    text = path.read_text().replace("{{ fleet_release_store }}", STORE)
+    catalog = fleet_validated_catalog(yaml.safe_load(text)["fleet_services"], GROUPS)
+    assert catalog["zapier-mcp"]["port"] != 80
+
+
+# --------------------------------------------------------------------------- ports
+
+def test_operators_real_mistake_zapier_mcp_on_port_80() -> None:
+    line = problem(with_change("zapier-mcp", "port", 80), "fleet_services.zapier-mcp.port:",
+                   "80 is reserved", "22, 80, 443", "pick a free port such as")
+    suggested = int(line.rsplit(" ", 1)[1])
+    assert fleet_validated_catalog(with_change("zapier-mcp", "port", suggested), GROUPS)
+
+
+@pytest.mark.parametrize("port", [22, 443])
+def test_reserved_ports_are_rejected(port: int) -> None:
+    problem(with_change("main-api", "port", port), "fleet_services.main-api.port:", f"{port} is reserved")
+
+
+def test_green_slot_in_reserved_ports_is_rejected() -> None:
+    problem(with_change("main-api", "port", 8010), "fleet_services.main-api.port:",
+            "green slot 9010", "reserved", reserved_ports=[22, 80, 443, 9010])
+
+
+def test_missing_port() -> None:
+    problem(with_change("main-api", "port", DELETE), "fleet_services.main-api.port:", "is required")
+
+
+@pytest.mark.parametrize("port", ["8010", True, 8010.0, None])
+def test_non_integer_port(port: Any) -> None:
+    expected = "is required" if port is None else "must be a whole number"
+    problem(with_change("main-api", "port", port), "fleet_services.main-api.port:", expected)
+
+
+@pytest.mark.parametrize("port", [0, -5])
+def test_port_below_one(port: int) -> None:
+    problem(with_change("main-api", "port", port), "fleet_services.main-api.port:", "between 1 and 64535")
+
+
+def test_port_without_room_for_green_slot() -> None:
+    problem(with_change("main-api", "port", 64536), "fleet_services.main-api.port:",
+            "65536 > 65535", "the largest allowed port is 64535")
+
+
+def test_green_slot_collides_with_other_blue_slot() -> None:
+    services = {"a": {**_service("a", 9000)}, "b": {**_service("b", 8000)}}
+    problem(services, "fleet_services.b.port:",
+            "slot 9000 (green) collides with slot 9000 of service 'a' (blue)")
+
+
+def test_blue_slot_collides_with_other_green_slot() -> None:
+    services = with_change("infrastructure", "port", 9000)  # personas-api's green slot
+    problem(services, "fleet_services.personas-api.port:",
+            "slot 9000 (green) collides with slot 9000 of service 'infrastructure' (blue)")
+
+
+def test_same_port_collides_on_both_slots() -> None:
+    lines = problems(with_change("main-api", "port", 8000))
+    assert [line for line in lines if line.startswith("fleet_services.personas-api.port:")] == [
+        line for line in lines if "collides" in line]
+    text = "\n".join(lines)
+    assert "slot 8000 (blue) collides with slot 8000 of service 'main-api' (blue)" in text
+    assert "slot 9000 (green) collides with slot 9000 of service 'main-api' (green)" in text
+
+
+# --------------------------------------------------------------------------- name, group, keys
+
+@pytest.mark.parametrize("name", ["Zapier_MCP", "-api", "api.v2", ""])
+def test_bad_service_name(name: str) -> None:
+    services = {name: _service("x", 8000)}
+    problem(services, f"fleet_services.{name}:", "must match ^[a-z0-9][a-z0-9-]*$", "systemd unit")
+
+
+def test_service_that_is_not_a_mapping() -> None:
+    problem({"api": "8000"}, "fleet_services.api:", "must be a mapping")
+
+
+def test_missing_group() -> None:
+    problem(with_change("main-api", "group", DELETE), "fleet_services.main-api.group:", "is required")
+
+
+def test_unknown_group() -> None:
+    problem(with_change("main-api", "group", "gpus"), "fleet_services.main-api.group:",
+            "'gpus' is not an inventory group", "fleet, gpu, web")
+
+
+def test_group_without_hosts() -> None:
+    problem(with_change("main-api", "group", "empty"), "fleet_services.main-api.group:",
+            "group 'empty' has no hosts in the inventory", groups={**GROUPS, "empty": []})
+
+
+def test_unknown_service_key() -> None:
+    problem(with_change("main-api", "ports", 1), "fleet_services.main-api.ports:",
+            "unknown key 'ports'", "did you mean 'port'?", "allowed keys are: command, description")
+
+
+@pytest.mark.parametrize(("section", "key"),
+                         [("health", "code"), ("release", "url"), ("nginx", "server_name")])
+def test_unknown_sub_keys(section: str, key: str) -> None:
+    problem(with_change("main-api", f"{section}.{key}", "x"), f"fleet_services.main-api.{section}.{key}:",
+            f"unknown key '{key}'", "allowed keys are:")
+
+
+# --------------------------------------------------------------------------- health
+
+def test_health_path_must_start_with_slash() -> None:
+    problem(with_change("main-api", "health.path", "health"), "fleet_services.main-api.health.path:",
+            "must start with '/'", "path: /health")
+
+
+def test_health_must_be_a_mapping() -> None:
+    problem(with_change("main-api", "health", "/health"), "fleet_services.main-api.health:",
+            "must be a mapping")
+
+
+@pytest.mark.parametrize("status", [99, 600, "200", True])
+def test_health_status(status: Any) -> None:
+    problem(with_change("main-api", "health.status", status), "fleet_services.main-api.health.status:",
+            "between 100 and 599")
+
+
+@pytest.mark.parametrize(("field", "value"), [("timeout", 0), ("timeout", "60"), ("interval", -1),
+                                              ("interval", 0), ("start_grace", -1)])
+def test_health_seconds(field: str, value: Any) -> None:
+    problem(with_change("main-api", f"health.{field}", value), f"fleet_services.main-api.health.{field}:",
+            "must be a number of seconds")
+
+
+def test_health_start_grace_may_be_zero() -> None:
+    services = with_change("main-api", "health.start_grace", 0)
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["health"]["start_grace"] == 0
+
+
+def test_health_body_must_be_a_string() -> None:
+    problem(with_change("main-api", "health.body", 1), "fleet_services.main-api.health.body:",
+            "must be a string")
+
+
+# --------------------------------------------------------------------------- release
+
+def test_missing_release() -> None:
+    problem(with_change("main-api", "release", DELETE), "fleet_services.main-api.release:", "is required")
+
+
+@pytest.mark.parametrize("version", [1.0, 2])
+def test_numeric_version_must_be_quoted(version: Any) -> None:
+    problem(with_change("main-api", "release.version", version), "fleet_services.main-api.release.version:",
+            "must be a string", "quote it")
+
+
+@pytest.mark.parametrize(("version", "expected"), [(DELETE, "is required"), ("", "must not be empty"),
+                                                   ("../1.0", "names a release directory")])
+def test_bad_version(version: Any, expected: str) -> None:
+    problem(with_change("main-api", "release.version", version), "fleet_services.main-api.release.version:",
+            expected)
+
+
+@pytest.mark.parametrize(("archive", "expected"), [
+    (DELETE, "is required"),
+    ("releases/app-{version}.tar.gz", "absolute path on the controller"),
+    ("ftp://host/app.tar.gz", "use an http(s) URL"),
+    ("/srv/app-{version}.zip", "must point to a .tar.gz archive"),
+])
+def test_bad_archive(archive: Any, expected: str) -> None:
+    problem(with_change("main-api", "release.archive", archive), "fleet_services.main-api.release.archive:",
+            expected)
+
+
+def test_url_archive_is_accepted() -> None:
+    services = with_change("main-api", "release.archive", "https://r.test/main-api-{version}.tar.gz?x=1")
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["release"]["archive"].startswith("https://")
+
+
+@pytest.mark.parametrize("keep", [1, "5"])
+def test_release_keep(keep: Any) -> None:
+    problem(with_change("main-api", "release.keep", keep), "fleet_services.main-api.release.keep:",
+            "at least 2")
+
+
+# --------------------------------------------------------------------------- command, environment, ...
+
+@pytest.mark.parametrize(("command", "expected"), [(DELETE, "is required"), ("  ", "must not be empty"),
+                                                   (["python3", "app.py"], "must be a string")])
+def test_bad_command(command: Any, expected: str) -> None:
+    problem(with_change("main-api", "command", command), "fleet_services.main-api.command:", expected)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("1BAD", "x", "not a valid variable name"),
+    ("BAD-NAME", "x", "not a valid variable name"),
+    ("DEBUG", True, "must be a string or a number"),
+    ("OPTS", {"a": 1}, "must be a string or a number"),
+    ("MULTI", "a\nb", "single line"),
+])
+def test_bad_environment(key: str, value: Any, expected: str) -> None:
+    problem(with_change("main-api", f"environment.{key}", value),
+            f"fleet_services.main-api.environment.{key}:", expected)
+
+
+@pytest.mark.parametrize("timeout", [0, True, "30"])
+def test_bad_drain_timeout(timeout: Any) -> None:
+    problem(with_change("main-api", "drain_timeout", timeout), "fleet_services.main-api.drain_timeout:",
+            "at least 1")
+
+
+@pytest.mark.parametrize("user", ["Root User", 0])
+def test_bad_user(user: Any) -> None:
+    problem(with_change("main-api", "user", user), "fleet_services.main-api.user:")
+
+
+# --------------------------------------------------------------------------- nginx
+
+def test_default_server_service_needs_a_location() -> None:
+    problem(with_change("main-api", "nginx", {"server_names": []}), "fleet_services.main-api.nginx.location:",
+            "no server_names", "other than '/'")
+    problem(with_change("main-api", "nginx", DELETE), "fleet_services.main-api.nginx.location:",
+            "no server_names")
+
+
+def test_location_must_start_with_slash() -> None:
+    problem(with_change("main-api", "nginx.location", "api"), "fleet_services.main-api.nginx.location:",
+            "must start with '/'")
+
+
+def test_server_names_must_be_a_list() -> None:
+    problem(with_change("main-api", "nginx.server_names", "api.test"),
+            "fleet_services.main-api.nginx.server_names:", "must be a list")
+
+
+def test_same_server_name_and_location_collide() -> None:
+    services = with_change("personas-api", "nginx.server_names", ["main-api.fleet.test"])
+    problem(services, "fleet_services.personas-api.nginx.server_names:",
+            "server_name 'main-api.fleet.test' location '/' is already routed to service 'main-api'")
+
+
+def test_same_server_name_different_location_is_fine() -> None:
+    services = with_change("personas-api", "nginx",
+                           {"server_names": ["main-api.fleet.test"], "location": "/p/"})
+    assert fleet_validated_catalog(services, GROUPS)
+
+
+def test_default_server_locations_collide() -> None:
+    services = with_change("main-api", "nginx", {"location": "/api/"})
+    services["personas-api"]["nginx"] = {"location": "/api/"}
+    problem(services, "fleet_services.personas-api.nginx.location:",
+            "location '/api/' on nginx's default server is already routed to service 'main-api'")
+
+
+# --------------------------------------------------------------------------- whole-input errors
+
+@pytest.mark.parametrize("services", [None, [], "zapier-mcp", {}])
+def test_services_not_a_mapping_or_empty(services: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match=r"^fleet_services: (must be a mapping|is empty)"):
+        fleet_validated_catalog(services, GROUPS)
+
+
+def test_groups_must_be_a_mapping() -> None:
+    with pytest.raises(AnsibleFilterError, match="'groups' variable"):
+        fleet_validated_catalog(example_catalog(), ["fleet"])
+
+
+@pytest.mark.parametrize("reserved", ["22", [22, "80"], [0]])
+def test_bad_reserved_ports(reserved: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match="reserved_ports"):
+        fleet_validated_catalog(example_catalog(), GROUPS, reserved)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    services = example_catalog()
+    services["zapier-mcp"]["port"] = 80
+    services["main-api"]["health"]["path"] = "health"
+    services["main-api"]["release"]["version"] = 1.0
+    services["infrastructure"]["group"] = "nope"
+    services["personas-api"]["colour"] = "blue"
+    lines = problems(services)
+    assert len(lines) == 5
+    assert all(line.startswith("fleet_services.") for line in lines)
+    for prefix in ("zapier-mcp.port:", "main-api.health.path:", "main-api.release.version:",
+                   "infrastructure.group:", "personas-api.colour:"):
+        assert any(line.startswith(f"fleet_services.{prefix}") for line in lines), prefix
+
+
+# --------------------------------------------------------------------------- the other filters
+
+@pytest.fixture(name="catalog")
+def fixture_catalog() -> dict[str, dict[str, Any]]:
+    services = example_catalog()
+    services["gpu-worker"] = {**_service("gpu-worker", 8200), "group": "gpu"}
+    services["web-only"] = {**_service("web-only", 8300), "group": "web"}
+    return fleet_validated_catalog(services, GROUPS)
+
+
+def test_release_archive_uses_catalog_version(catalog: dict[str, Any]) -> None:
+    expected = f"{STORE}/demo-service-1.0.0.tar.gz"
+    assert fleet_release_archive(catalog["main-api"]) == expected
+    assert fleet_release_archive(catalog["main-api"], "") == expected
+
+
+def test_release_archive_uses_given_version(catalog: dict[str, Any]) -> None:
+    assert fleet_release_archive(catalog["main-api"], "1.2.0") == f"{STORE}/demo-service-1.2.0.tar.gz"
+
+
+def test_release_archive_without_placeholder(catalog: dict[str, Any]) -> None:
+    svc = copy.deepcopy(catalog["main-api"])
+    svc["release"]["archive"] = "/srv/main-api.tar.gz"
+    assert fleet_release_archive(svc) == "/srv/main-api.tar.gz"
+    assert fleet_release_archive(svc, "1.0.0") == "/srv/main-api.tar.gz"
+    with pytest.raises(AnsibleFilterError, match=r"no \{version\} placeholder, so version '2.0.0' cannot"):
+        fleet_release_archive(svc, "2.0.0")
+
+
+def test_release_archive_without_any_version(catalog: dict[str, Any]) -> None:
+    svc = copy.deepcopy(catalog["main-api"])
+    svc["release"]["version"] = ""
+    with pytest.raises(AnsibleFilterError, match="no version for 'main-api'"):
+        fleet_release_archive(svc)
+
+
+@pytest.mark.parametrize(("version", "expected"), [(1.1, "must be a string"), ("../x", "may only hold")])
+def test_release_archive_bad_version(catalog: dict[str, Any], version: Any, expected: str) -> None:
+    with pytest.raises(AnsibleFilterError, match=expected):
+        fleet_release_archive(catalog["main-api"], version)
+
+
+def test_idle_slot(catalog: dict[str, Any]) -> None:
+    svc = catalog["personas-api"]
+    assert fleet_idle_slot(svc, 8000) == 9000
+    assert fleet_idle_slot(svc, 9000) == 8000
+    assert fleet_idle_slot(svc, "9000") == 8000  # local facts from INI files are strings
+
+
+@pytest.mark.parametrize("live", [8010, None, "", True])
+def test_idle_slot_rejects_other_ports(catalog: dict[str, Any], live: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match=r"valid slots are 8000 \(blue\) and 9000 \(green\)"):
+        fleet_idle_slot(catalog["personas-api"], live)
+
+
+@pytest.mark.parametrize("not_a_service", [None, "main-api", {"port": 8000}])
+def test_filters_reject_raw_service(not_a_service: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match="expects one service from fleet_validated_catalog"):
+        fleet_idle_slot(not_a_service, 8000)
+    with pytest.raises(AnsibleFilterError, match="expects one service from fleet_validated_catalog"):
+        fleet_release_archive(not_a_service)
+
+
+def test_services_on_host(catalog: dict[str, Any]) -> None:
+    names = [svc["name"] for svc in fleet_services_on_host(catalog, "h3")]
+    assert names == ["gpu-worker", "infrastructure", "main-api", "personas-api", "zapier-mcp"]
+    names = [svc["name"] for svc in fleet_services_on_host(catalog, "h1")]
+    assert names == ["infrastructure", "main-api", "personas-api", "web-only", "zapier-mcp"]
+    assert fleet_services_on_host(catalog, "elsewhere") == []
+
+
+def test_services_on_host_rejects_non_catalog() -> None:
+    with pytest.raises(AnsibleFilterError, match="expects the result of fleet_validated_catalog"):
+        fleet_services_on_host(["main-api"], "h1")
+
+
+# --------------------------------------------------------------------------- plugin surface
+
+def test_filter_module_mapping() -> None:
+    assert FilterModule().filters() == {
+        "fleet_validated_catalog": fleet_validated_catalog,
+        "fleet_release_archive": fleet_release_archive,
+        "fleet_idle_slot": fleet_idle_slot,
+        "fleet_services_on_host": fleet_services_on_host,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(FilterModule().filters()))
+def test_documentation_parses(name: str) -> None:
+    prefix = name.upper()
+    doc = yaml.safe_load(getattr(fleet_catalog, f"{prefix}_DOCUMENTATION"))
+    assert doc["name"] == name
+    assert "_input" in doc["options"]
+    assert isinstance(yaml.safe_load(getattr(fleet_catalog, f"{prefix}_EXAMPLES")), list)
+    assert "_value" in yaml.safe_load(getattr(fleet_catalog, f"{prefix}_RETURN"))
