@@ -6,14 +6,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 PY_SOURCES := filter_plugins lab services tools tests molecule
 
-.PHONY: lab lab-up lab-down deps venv releases test unit lint molecule clean
+.PHONY: lab lab-up lab-down deps venv releases test unit lint molecule integration clean
 
 ## lab: set everything up, start the 3-host lab fleet and converge it with site.yml
 lab: deps lab-up releases
 	ansible-playbook site.yml
 
-## test: set everything up and run every test (unit, lint, molecule)
-test: deps unit lint molecule
+## test: set everything up and run every test (unit, lint, molecule, lab integration)
+test: deps unit lint molecule integration
 
 deps: venv
 	scripts/install-host-deps.sh
@@ -46,6 +46,10 @@ lint: venv
 molecule: deps
 	python3 -m lab build
 	molecule test --all
+
+# Real hosts over SSH: brings the lab up, runs the playbooks as a user types them, takes it down.
+integration: deps
+	pytest -q -p no:cacheprovider tests/integration
 
 clean: lab-down
 	rm -rf $(VENV) build

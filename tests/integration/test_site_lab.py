@@ -1,0 +1,50 @@
+"""site.yml on the lab fleet: every service answers through every host's nginx, and a second
+run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+import yaml
+
+from .conftest import ROOT, Lab
+
+CATALOG = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
+SERVICES = {name: spec["port"] for name, spec in CATALOG["fleet_services"].items()}
+
+
+def through_nginx(address: str, service: str) -> dict:
+    request = urllib.request.Request(f"http://{address}/health", headers={"Host": f"{service}.fleet.test"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+        return json.load(response)
+
+
+def test_every_service_answers_through_every_hosts_nginx(lab: Lab):
+    for host, address in lab.hosts.items():
+        for service, port in SERVICES.items():
+            health = through_nginx(address, service)
+            assert (health["status"], health["service"], health["port"]) == ("ok", service, port), host
+
+
+def test_second_site_run_changes_nothing(lab: Lab):
+    recap = lab.playbook("site.yml").stdout.split("PLAY RECAP", 1)[1]
+    changed = dict(re.findall(r"^(\S+)\s*:.*?changed=(\d+)", recap, re.MULTILINE))
+    assert set(changed) == set(lab.hosts)
+    assert all(count == "0" for count in changed.values()), recap
+
+
+def test_site_rejects_a_bad_catalog_before_changing_anything(lab: Lab):
+    result = lab.playbook("site.yml", "-e", '{"fleet_services": {"zapier-mcp": {"port": 80}}}', check=False)
+    assert result.returncode != 0
+    assert "fleet_services.zapier-mcp.port: 80 is reserved" in result.stdout
+    assert "changed=0" in result.stdout.split("PLAY RECAP", 1)[1]
+
+
+def test_slot_ports_are_not_reachable_from_another_host(lab: Lab):
+    first, second = sorted(lab.hosts)[:2]
+    for port in SERVICES.values():
+        probe = lab.ssh(first, f"curl -s --max-time 3 http://{lab.hosts[second]}:{port}/health", check=False)
+        assert probe.returncode != 0, f"{second}:{port} answered from {first}"
