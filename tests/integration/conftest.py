@@ -34,7 +34,7 @@ class Lab:
 
     def playbook(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ansible-playbook from the repository root, as a user types it."""
-        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CALLBACKS_ENABLED": ""}
+        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0"}
         result = subprocess.run(
             ["ansible-playbook", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+from testinfra.utils.ansible_runner import AnsibleRunner
 
 SERVICES = {
     "zapier-mcp": 8090,
@@ -62,9 +64,10 @@ def test_no_slot_port_listens_outside_the_host(host, port):
 
 def test_slot_ports_are_refused_from_another_host(host):
     """From this host, only nginx answers on every other host's own address."""
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
     me = host.backend.get_hostname()
-    for peer in sorted(set(host.backend.get_hosts("fleet")) - {me}):
-        peer_host = host.get_host(f"ansible://{peer}", ansible_inventory=host.backend.ansible_inventory)
+    for peer in sorted(set(AnsibleRunner(inventory).get_hosts("fleet")) - {me}):
+        peer_host = host.get_host(f"ansible://{peer}?ansible_inventory={inventory}")
         peer_ip = peer_host.check_output("hostname -I").split()[0]
         for port in (p for base in SERVICES.values() for p in (base, base + 1000)):
             assert host.run(f"curl -s --max-time 3 http://{peer_ip}:{port}/").rc != 0, (peer, port)
