@@ -240,6 +240,7 @@ def configure_rootfs(rootfs: Path, clock: Clock) -> None:
     (etc / "hostname").write_text("fleet-lab\n")
     (etc / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     (etc / "resolv.conf").write_text("")
+    (etc / "default" / "locale").write_text("")  # sshd's pam_env reads it: no "Unable to open env file"
     # nothing may forbid services from starting in the guests
     (rootfs / "usr" / "sbin" / "policy-rc.d").unlink(missing_ok=True)
     root_ssh = rootfs / "root" / ".ssh"

@@ -1,11 +1,17 @@
-"""`python3 -m lab`: a local fleet of Debian 12 hosts (docker containers with systemd and sshd).
+"""`python3 -m lab`: local fleets of Debian 12 hosts (docker containers with systemd and sshd).
 
     python3 -m lab dockerd                  make sure a Docker daemon answers
     python3 -m lab build [--force]          build the image once (cached by recipe hash)
     python3 -m lab up [--hosts N] [--gpu M] start fleet-lab-1..N, write inventories/lab/hosts.yml
     python3 -m lab status                   hosts, addresses, state
-    python3 -m lab ssh NAME [cmd ...]       ssh into a host (NAME: fleet-lab-2 or just 2)
-    python3 -m lab down [--purge]           remove hosts, network, inventory (--purge: image too)
+    python3 -m lab ssh HOST [cmd ...]       ssh into a host (HOST: fleet-lab-2 or just 2)
+    python3 -m lab inventory                print the inventory path (for `ansible -i "$(...)"`)
+    python3 -m lab down [--all] [--purge]   remove hosts, network, inventory (--all: every lab;
+                                            --purge: image, .lab/ and a dockerd it started too)
+
+Named labs run side by side: `python3 -m lab --name NAME ...` (or FLEET_LAB_NAME=NAME; the option
+wins) works on hosts NAME-1..N on docker network NAME (172.29.X.0/24, X derived from the name),
+with its inventory at .lab/NAME/hosts.yml. Without a name it is the default lab, `fleet-lab`.
 
 Stdlib Python and the docker CLI only: it does not need the project's virtualenv.
 """
@@ -32,6 +38,7 @@ from . import build, model
 from .dockerctl import (
     Clock,
     LabError,
+    daemon_answers,
     docker,
     docker_json,
     ensure_dockerd,
@@ -41,19 +48,33 @@ from .dockerctl import (
 
 BOOT_TIMEOUT_S = 120.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
+INVENTORY_VARS_DIRS = ("group_vars", "host_vars")  # of inventories/lab, linked next to a named lab's
 
 
 @dataclass(frozen=True)
 class Paths:
+    """Where one lab keeps its files. The default lab: .lab/ and inventories/lab/hosts.yml (as
+    before named labs); a named lab: everything in .lab/NAME/. The SSH key, the dockerd record and
+    the build/network locks are shared, in .lab/."""
+
     repo: Path
+    name: str = model.DEFAULT_LAB
 
     @property
-    def state_dir(self) -> Path:
+    def is_default(self) -> bool:
+        return self.name == model.DEFAULT_LAB
+
+    @property
+    def shared_dir(self) -> Path:
         return self.repo / ".lab"
 
     @property
+    def state_dir(self) -> Path:
+        return self.shared_dir if self.is_default else self.shared_dir / self.name
+
+    @property
     def ssh_key(self) -> Path:
-        return self.state_dir / "ssh" / "id_ed25519"
+        return self.shared_dir / "ssh" / "id_ed25519"
 
     @property
     def state_file(self) -> Path:
@@ -64,28 +85,85 @@ class Paths:
         return self.state_dir / "lock"
 
     @property
+    def build_lock(self) -> Path:
+        return self.shared_dir / "build.lock"
+
+    @property
+    def network_lock(self) -> Path:
+        return self.shared_dir / "network.lock"
+
+    @property
+    def dockerd_lock(self) -> Path:
+        return self.shared_dir / "dockerd.lock"
+
+    @property
     def inventory(self) -> Path:
-        return self.repo / "inventories" / "lab" / "hosts.yml"
+        if self.is_default:
+            return self.repo / "inventories" / "lab" / "hosts.yml"
+        return self.state_dir / "hosts.yml"
 
     @property
     def release_store(self) -> Path:
         return self.repo / "build" / "releases"
+
+    def for_lab(self, name: str) -> Paths:
+        return Paths(self.repo, name)
 
 
 # --- small helpers ---------------------------------------------------------------------------------
 
 
 @contextmanager
-def locked(paths: Paths) -> Iterator[None]:
-    """One lab-changing command at a time (build/up/down)."""
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    with paths.lock_file.open("a") as f:
+def locked(lock_file: Path, what: str = "another `python3 -m lab` command") -> Iterator[None]:
+    """Hold an exclusive flock on lock_file (created when missing).
+
+    The lock file may be deleted by its holder (`down` of a named lab removes .lab/NAME/): a waiter
+    that then gets the lock on the deleted file notices and locks the path anew.
+    """
+    while True:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("waiting for another `python3 -m lab` command to finish ...", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            f = lock_file.open("a")
+        except FileNotFoundError:  # the directory went away between mkdir and open
+            continue
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for {what} to finish ({lock_file}) ...", flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock_file).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            f.close()
+            raise
+        if same:
+            break
+        f.close()
+    try:
         yield
+    finally:
+        f.close()
+
+
+def lab_locked(paths: Paths) -> Any:
+    """One lab-changing command (up/down) per lab at a time; different labs run in parallel."""
+    return locked(paths.lock_file, f"another `python3 -m lab` command on lab {paths.name}")
+
+
+def image_locked(paths: Paths) -> Any:
+    """One image build (or purge) at a time, whichever lab asks for it."""
+    return locked(paths.build_lock, "another build of the lab image")
+
+
+def dockerd_up(paths: Paths, clock: Clock) -> None:
+    """ensure_dockerd, with at most one of several parallel commands starting dockerd."""
+    if daemon_answers():
+        return
+    with locked(paths.dockerd_lock, "another command starting dockerd"):
+        ensure_dockerd(paths.shared_dir, clock)
 
 
 def ssh_argv(key: Path, address: str, command: Sequence[str] = (), batch: bool = True) -> list[str]:
@@ -109,51 +187,82 @@ def ssh_argv(key: Path, address: str, command: Sequence[str] = (), batch: bool =
     return [*argv, f"root@{address}", *command]
 
 
-def subnet_from_env() -> IPv4Network:
+def resolve_name(option: str | None) -> str:
+    """--name, else FLEET_LAB_NAME, else the default lab; validated."""
+    name = option or os.environ.get(model.NAME_ENV) or model.DEFAULT_LAB
     try:
-        return model.parse_subnet(os.environ.get(model.SUBNET_ENV, model.DEFAULT_SUBNET))
+        return model.validate_name(name)
+    except ValueError as e:
+        source = "--name" if option else model.NAME_ENV
+        raise LabError(f"{source}: {e}") from None
+
+
+def subnet_from_env(name: str = model.DEFAULT_LAB) -> IPv4Network | None:
+    """The subnet the lab must have: FLEET_LAB_SUBNET, else the default lab's fixed one; None for a
+    named lab without FLEET_LAB_SUBNET (its subnet is derived from its name: see ensure_network)."""
+    text = os.environ.get(model.SUBNET_ENV) or (model.DEFAULT_SUBNET if name == model.DEFAULT_LAB else "")
+    if not text:
+        return None
+    try:
+        return model.parse_subnet(text)
     except ValueError as e:
         raise LabError(str(e)) from None
 
 
 def ensure_keypair(paths: Paths, clock: Clock) -> str:
-    """The lab's SSH key (created once); returns the public key line."""
+    """The lab's SSH key (created once, shared by all labs); returns the public key line."""
     key = paths.ssh_key
     pub = key.with_name(key.name + ".pub")
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(key.parent, 0o700)
-        pub.unlink(missing_ok=True)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-lab", "-f", str(key)])
-        clock.say(f"created SSH key {key}")
-    if not pub.exists():
-        pub.write_text(run(["ssh-keygen", "-y", "-f", str(key)]).stdout)
-    os.chmod(key, 0o600)
+    with locked(key.with_name("lock"), "another command creating the SSH key"):
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(key.parent, 0o700)
+            pub.unlink(missing_ok=True)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-lab", "-f", str(key)])
+            clock.say(f"created SSH key {key}")
+        if not pub.exists():
+            write_atomic(pub, run(["ssh-keygen", "-y", "-f", str(key)]).stdout)
+        os.chmod(key, 0o600)
     return pub.read_text().strip()
 
 
 # --- docker objects -------------------------------------------------------------------------------
 
 
-def lab_containers() -> dict[str, dict[str, Any]]:
-    """name -> `docker inspect` of every container labelled fleet-lab=1."""
-    ids = docker("ps", "-aq", "--filter", f"label={model.LABEL}=1").stdout.split()
+def all_lab_containers() -> dict[str, dict[str, Any]]:
+    """name -> `docker inspect` of every container with a fleet-lab label, whatever its lab."""
+    ids = docker("ps", "-aq", "--filter", f"label={model.LABEL}").stdout.split()
     if not ids:
         return {}
     return {str(c["Name"]).lstrip("/"): c for c in docker_json("inspect", *ids)}
 
 
-def container_address(info: dict[str, Any]) -> str:
+def label_lab(info: dict[str, Any]) -> str:
+    """The lab a container's or network's `docker inspect` says it belongs to ('' if none)."""
+    labels = info.get("Labels")
+    if labels is None:
+        config = info.get("Config")
+        labels = config.get("Labels") if isinstance(config, dict) else None
+    value = labels.get(model.LABEL) if isinstance(labels, dict) else None
+    return model.lab_of_label(str(value)) if value is not None else ""
+
+
+def lab_containers(name: str = model.DEFAULT_LAB) -> dict[str, dict[str, Any]]:
+    """name -> `docker inspect` of this lab's containers (label fleet-lab=<lab>; "1": the default lab)."""
+    return {n: c for n, c in all_lab_containers().items() if label_lab(c) == name}
+
+
+def container_address(info: dict[str, Any], network: str = model.DEFAULT_LAB) -> str:
     nets = info.get("NetworkSettings", {}).get("Networks", {})
-    net = nets.get(model.NETWORK) if isinstance(nets, dict) else None
+    net = nets.get(network) if isinstance(nets, dict) else None
     return str(net.get("IPAddress", "")) if isinstance(net, dict) else ""
 
 
-def container_matches(info: dict[str, Any], image: str, host: model.Host) -> bool:
+def container_matches(info: dict[str, Any], image: str, host: model.Host, network: str = model.DEFAULT_LAB) -> bool:
     """Keep a container only when it runs, from the current image, at the planned address."""
     state = info.get("State", {})
     running = isinstance(state, dict) and bool(state.get("Running"))
-    return running and info.get("Image") == image and container_address(info) == host.address
+    return running and info.get("Image") == image and container_address(info, network) == host.address
 
 
 def remove_containers(names: Sequence[str]) -> None:
@@ -161,23 +270,13 @@ def remove_containers(names: Sequence[str]) -> None:
         docker("rm", "-f", "-v", *names, timeout=120)
 
 
-def ensure_network(net: IPv4Network, clock: Clock) -> None:
-    found = docker_json("network", "inspect", model.NETWORK)
-    if found:
-        info = found[0]
-        labels = info.get("Labels") or {}
-        configs = (info.get("IPAM") or {}).get("Config") or []
-        subnets = {c.get("Subnet") for c in configs if isinstance(c, dict)}
-        if isinstance(labels, dict) and labels.get(model.LABEL) != "1":
-            raise LabError(
-                f"a docker network named {model.NETWORK} exists that this tool did not create: "
-                f"remove it (docker network rm {model.NETWORK}) or rename it"
-            )
-        if subnets == {str(net)}:
-            return
-        clock.say(f"network {model.NETWORK} has subnet {subnets}, want {net}: recreating")
-        remove_containers(list(lab_containers()))
-        docker("network", "rm", model.NETWORK)
+def all_networks() -> list[dict[str, Any]]:
+    ids = docker("network", "ls", "-q").stdout.split()
+    return docker_json("network", "inspect", *ids) if ids else []
+
+
+def create_network(name: str, net: IPv4Network) -> str:
+    """`docker network create`; '' when done, else docker's complaint."""
     proc = docker(
         "network",
         "create",
@@ -188,19 +287,67 @@ def ensure_network(net: IPv4Network, clock: Clock) -> None:
         "--gateway",
         model.gateway(net),
         "--label",
-        f"{model.LABEL}=1",
-        model.NETWORK,
+        f"{model.LABEL}={name}",
+        name,
         check=False,
     )
-    if proc.returncode != 0:
-        hint = ""
-        if "overlap" in proc.stderr:
-            hint = f"\nchoose another private /24 with {model.SUBNET_ENV}=172.30.81.0/24 (say)"
-        raise LabError(f"docker network create {model.NETWORK} ({net}) failed: {proc.stderr.strip()}{hint}")
-    clock.say(f"created network {model.NETWORK} {net} (gateway {model.gateway(net)})")
+    return "" if proc.returncode == 0 else proc.stderr.strip() or proc.stdout.strip() or "failed"
 
 
-def start_container(host: model.Host, image: str, digest: str) -> None:
+def ensure_network(paths: Paths, want: IPv4Network | None, clock: Clock) -> IPv4Network:
+    """The lab's network (named like the lab), created when missing; returns its subnet.
+
+    want: the subnet it must have (FLEET_LAB_SUBNET, or the default lab's): a network with another
+    one is recreated. None (a named lab): keep the network's subnet if it exists, else take the
+    first of the name's candidates (model.subnet_candidates) that overlaps no docker network.
+    """
+    name = paths.name
+    found = docker_json("network", "inspect", name)
+    if found:
+        info = found[0]
+        if label_lab(info) != name:
+            raise LabError(
+                f"a docker network named {name} exists that this tool did not create for lab {name}: "
+                f"remove it (docker network rm {name}) or pick another --name"
+            )
+        subnets = model.network_subnets(found).get(name, [])
+        if want is None and len(subnets) == 1:
+            return subnets[0]
+        if want is not None and subnets == [want]:
+            return want
+        clock.say(f"network {name} has subnet {', '.join(map(str, subnets))}, want {want or 'another'}: recreating")
+        remove_containers(list(lab_containers(name)))
+        docker("network", "rm", name)
+    with locked(paths.network_lock, "another lab creating its network"):
+        tried: list[IPv4Network] = []
+        while True:
+            if want is not None:
+                net = want
+            else:
+                taken = [n for nets in model.network_subnets(all_networks()).values() for n in nets]
+                try:
+                    net = model.choose_subnet(name, taken + tried)
+                except ValueError as e:
+                    raise LabError(str(e)) from None
+            error = create_network(name, net)
+            if not error:
+                break
+            if want is None and "overlap" in error:  # taken by a network made meanwhile: next one
+                tried.append(net)
+                continue
+            hint = ""
+            if "overlap" in error:
+                hint = f"\nchoose another private /24 with {model.SUBNET_ENV}=172.30.81.0/24 (say)"
+            raise LabError(f"docker network create {name} ({net}) failed: {error}{hint}")
+    how = ""
+    if want is None:
+        derived = model.subnet_candidates(name)[0]
+        how = ", derived from the name" if net == derived else f"; {derived}, derived from the name, is taken"
+    clock.say(f"created network {name} {net} (gateway {model.gateway(net)}{how})")
+    return net
+
+
+def start_container(host: model.Host, image: str, digest: str, lab: str) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     docker(
         "run",
@@ -210,14 +357,14 @@ def start_container(host: model.Host, image: str, digest: str) -> None:
         "--hostname",
         host.name,
         "--network",
-        model.NETWORK,
+        lab,
         "--ip",
         host.address,
         *model.RUN_FLAGS,
         "--ulimit",
         model.nofile_ulimit(hard),
         "--label",
-        f"{model.LABEL}=1",
+        f"{model.LABEL}={lab}",
         "--label",
         f"fleet-lab.recipe={digest}",
         image,
@@ -302,38 +449,55 @@ def load_state(paths: Paths) -> dict[str, Any]:
 
 
 def cmd_dockerd(paths: Paths, clock: Clock) -> None:
-    ensure_dockerd(paths.state_dir, clock)
+    dockerd_up(paths, clock)
     version = docker("info", "--format", "{{.ServerVersion}}").stdout.strip()
     clock.say(f"docker daemon {version} answers")
 
 
 def cmd_build(paths: Paths, clock: Clock, force: bool) -> None:
-    with locked(paths):
-        ensure_dockerd(paths.state_dir, clock)
+    dockerd_up(paths, clock)
+    with image_locked(paths):
         build.ensure_image(clock, force=force)
 
 
+def link_inventory_vars(paths: Paths) -> None:
+    """A named lab's inventory sits in .lab/NAME/: link inventories/lab/group_vars (and host_vars)
+    next to it, so that `-i .lab/NAME/hosts.yml` sees the same variables as the default lab."""
+    for sub in INVENTORY_VARS_DIRS:
+        source = paths.repo / "inventories" / "lab" / sub
+        link = paths.inventory.parent / sub
+        if link.is_symlink() or not source.is_dir():
+            continue
+        link.symlink_to(os.path.relpath(source, link.parent))
+
+
 def cmd_up(paths: Paths, clock: Clock, count: int, gpu: int) -> None:
-    net = subnet_from_env()
-    try:
-        hosts = model.plan_hosts(count, gpu, net)
+    lab = paths.name
+    want = subnet_from_env(lab)
+    try:  # every derived subnet is a /24: check the counts before touching docker
+        model.plan_hosts(count, gpu, want or model.subnet_candidates(lab)[0], lab)
     except ValueError as e:
         raise LabError(str(e)) from None
     for tool in ("ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
             raise LabError(f"{tool} not found: apt-get install openssh-client")
-    with locked(paths):
-        ensure_dockerd(paths.state_dir, clock)
-        tag = build.ensure_image(clock)
+    with lab_locked(paths):
+        dockerd_up(paths, clock)
+        with image_locked(paths):
+            tag = build.ensure_image(clock)
         image = build.image_id(tag)
         digest = tag.rsplit("-", 1)[-1]
         pubkey = ensure_keypair(paths, clock)
-        ensure_network(net, clock)
+        net = ensure_network(paths, want, clock)
+        try:
+            hosts = model.plan_hosts(count, gpu, net, lab)
+        except ValueError as e:
+            raise LabError(str(e)) from None
 
-        existing = lab_containers()
+        existing = lab_containers(lab)
         wanted = {h.name for h in hosts}
         extra = sorted(n for n in existing if n not in wanted)
-        stale = [h.name for h in hosts if h.name in existing and not container_matches(existing[h.name], image, h)]
+        stale = [h.name for h in hosts if h.name in existing and not container_matches(existing[h.name], image, h, lab)]
         if extra or stale:
             clock.say(f"removing {' '.join(extra + stale)}")
             remove_containers(extra + stale)
@@ -343,7 +507,7 @@ def cmd_up(paths: Paths, clock: Clock, count: int, gpu: int) -> None:
         if kept:
             clock.say(f"keeping running {' '.join(kept)}")
         for h in fresh:
-            start_container(h, tag, digest)
+            start_container(h, tag, digest, lab)
         if fresh:
             clock.say(f"started {' '.join(h.name for h in fresh)}; waiting for systemd and sshd")
 
@@ -366,8 +530,11 @@ def cmd_up(paths: Paths, clock: Clock, count: int, gpu: int) -> None:
             if states[h.name] == "degraded":
                 print(f"note: {h.name} is degraded; failed units: {failed_units(h.name)}")
 
-        write_atomic(paths.inventory, model.render_inventory(hosts, paths.ssh_key, paths.release_store))
+        write_atomic(paths.inventory, model.render_inventory(hosts, paths.ssh_key, paths.release_store, lab))
+        if not paths.is_default:
+            link_inventory_vars(paths)
         state = {
+            "name": lab,
             "subnet": str(net),
             "image": tag,
             "hosts": {h.name: {"address": h.address, "group": h.group} for h in hosts},
@@ -376,39 +543,114 @@ def cmd_up(paths: Paths, clock: Clock, count: int, gpu: int) -> None:
     rows = [(h.name, h.address, h.group, states[h.name]) for h in hosts]
     print(model.format_table(rows, ("NAME", "ADDRESS", "GROUP", "STATE")))
     print(f"inventory: {paths.inventory}")
-    print(f"up: {len(hosts)} hosts ready in {clock.elapsed():.1f} s")
+    print(f"up: lab {lab}, {len(hosts)} hosts ready in {clock.elapsed():.1f} s")
 
 
-def cmd_down(paths: Paths, clock: Clock, purge: bool) -> None:
-    with locked(paths):
-        ensure_dockerd(paths.state_dir, clock)
-        names = sorted(lab_containers())
-        if names:
-            remove_containers(names)
-            clock.say(f"removed {' '.join(names)}")
-        if docker_json("network", "inspect", model.NETWORK):
-            docker("network", "rm", model.NETWORK)
-            clock.say(f"removed network {model.NETWORK}")
+def remove_lab(paths: Paths, clock: Clock, containers: dict[str, dict[str, Any]]) -> None:
+    """Remove one lab's containers, network, inventory and state; the caller holds its lock."""
+    lab = paths.name
+    names = sorted(n for n, c in containers.items() if label_lab(c) == lab)
+    if names:
+        remove_containers(names)
+        clock.say(f"removed {' '.join(names)}")
+    found = docker_json("network", "inspect", lab)
+    if found and label_lab(found[0]) == lab:
+        docker("network", "rm", lab)
+        clock.say(f"removed network {lab}")
+    elif found:
+        print(f"note: leaving docker network {lab}: this tool did not create it", file=sys.stderr)
+    if paths.is_default:
         for f in (paths.inventory, paths.state_file):
             if f.exists():
                 f.unlink()
                 clock.say(f"removed {f}")
-        if purge:
-            refs = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
-            ours = [r for r in refs if r.split(":")[0] in (model.IMAGE_REPO, model.BASE_REPO)]
-            if ours:
-                docker("rmi", *ours, check=False)
-                clock.say(f"removed images {' '.join(ours)}")
-            build.purge_build_leftovers()
-            stop_dockerd_if_ours(paths.state_dir, clock)
-    if purge and paths.state_dir.exists():
-        shutil.rmtree(paths.state_dir)
+    elif paths.state_dir.exists():
+        shutil.rmtree(paths.state_dir)  # its lock file too: waiters notice (see locked)
         clock.say(f"removed {paths.state_dir}")
-    clock.say("lab is down" + (" and purged" if purge else "; image cache kept"))
+
+
+def lab_dirs(paths: Paths) -> list[str]:
+    """Names of the named labs that have a directory in .lab/."""
+    if not paths.shared_dir.is_dir():
+        return []
+    found = []
+    for d in sorted(paths.shared_dir.iterdir()):
+        try:
+            model.validate_name(d.name)
+        except ValueError:
+            continue
+        if d.is_dir() and not d.is_symlink():
+            found.append(d.name)
+    return found
+
+
+def known_labs(paths: Paths, containers: dict[str, dict[str, Any]]) -> list[str]:
+    """Every lab with a container, a network or a directory in .lab/ (the default lab first).
+
+    Only valid names: the rest (a hand-made label) is swept up by `down --all` without touching .lab/.
+    """
+    names = {label_lab(c) for c in containers.values()}
+    names |= {label_lab(n) for n in all_networks()}
+    names |= set(lab_dirs(paths))
+    names.discard(model.DEFAULT_LAB)
+    return [model.DEFAULT_LAB, *sorted(n for n in names if model.NAME_PATTERN.fullmatch(n))]
+
+
+def purge(paths: Paths, clock: Clock) -> None:
+    with image_locked(paths):
+        refs = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+        ours = [r for r in refs if r.split(":")[0] in (model.IMAGE_REPO, model.BASE_REPO)]
+        if ours:
+            docker("rmi", *ours, check=False)
+            clock.say(f"removed images {' '.join(ours)}")
+        build.purge_build_leftovers()
+    stop_dockerd_if_ours(paths.shared_dir, clock)
+    if paths.shared_dir.exists():
+        shutil.rmtree(paths.shared_dir)
+        clock.say(f"removed {paths.shared_dir}")
+
+
+def cmd_down(paths: Paths, clock: Clock, purge_too: bool, every: bool) -> None:
+    dockerd_up(paths, clock)
+    if purge_too and not every:  # the image, the key and dockerd are every lab's
+        others = sorted({label_lab(c) for c in all_lab_containers().values()} - {paths.name})
+        if others:
+            raise LabError(
+                f"not purging: other labs are up ({', '.join(others)}); "
+                "`python3 -m lab down --all --purge` takes every lab down and purges"
+            )
+    if every:
+        labs = known_labs(paths, all_lab_containers())
+        for lab in labs:
+            lab_paths = paths.for_lab(lab)
+            with lab_locked(lab_paths):
+                remove_lab(lab_paths, clock, all_lab_containers())
+        # anything labelled fleet-lab that no lab name covered (a label value that is no valid name)
+        leftover = sorted(all_lab_containers())
+        if leftover:
+            remove_containers(leftover)
+            clock.say(f"removed {' '.join(leftover)}")
+        for net in all_networks():
+            if label_lab(net) and docker("network", "rm", str(net.get("Name")), check=False).returncode == 0:
+                clock.say(f"removed network {net.get('Name')}")
+        done = f"all labs are down ({', '.join(labs)})"
+    else:
+        with lab_locked(paths):
+            remove_lab(paths, clock, all_lab_containers())
+        done = f"lab {paths.name} is down"
+    if purge_too:
+        purge(paths, clock)
+    clock.say(done + (" and purged" if purge_too else "; image cache kept"))
+
+
+def cmd_inventory(paths: Paths) -> None:
+    print(paths.inventory)
+    if not paths.inventory.exists():
+        print(f"note: {paths.inventory} does not exist yet: {model.lab_command(paths.name, 'up')}", file=sys.stderr)
 
 
 def cmd_status(paths: Paths, clock: Clock) -> None:
-    ensure_dockerd(paths.state_dir, clock)
+    dockerd_up(paths, clock)
     tag = model.image_tag(build.current_digest())
     print(f"image: {tag} {'(built)' if build.image_id(tag) else '(not built yet)'}")
     groups = {
@@ -416,33 +658,39 @@ def cmd_status(paths: Paths, clock: Clock) -> None:
         for name, v in (load_state(paths).get("hosts") or {}).items()
         if isinstance(v, dict)
     }
-    containers = lab_containers()
+    every = all_lab_containers()
+    others = sorted({label_lab(c) for c in every.values()} - {paths.name})
+    if others:
+        print(f"other labs up: {', '.join(others)} (python3 -m lab --name NAME status)")
+    containers = {n: c for n, c in every.items() if label_lab(c) == paths.name}
     if not containers:
-        print("no lab hosts (python3 -m lab up)")
+        print(f"lab {paths.name}: no hosts ({model.lab_command(paths.name, 'up')})")
         return
+    print(f"lab {paths.name}:")
     rows = []
-    for name in sorted(containers, key=lambda n: model.host_index(n) or 0):
+    for name in sorted(containers, key=lambda n: model.host_index(n, paths.name) or 0):
         info = containers[name]
         st = info.get("State", {})
         running = isinstance(st, dict) and bool(st.get("Running"))
         state = system_state(name) if running else str(st.get("Status", "?"))
-        rows.append((name, container_address(info), groups.get(name, "-"), state))
+        rows.append((name, container_address(info, paths.name), groups.get(name, "-"), state))
     print(model.format_table(rows, ("NAME", "ADDRESS", "GROUP", "STATE")))
     print(f"inventory: {paths.inventory}" + ("" if paths.inventory.exists() else " (absent)"))
 
 
 def cmd_ssh(paths: Paths, clock: Clock, name: str, command: Sequence[str]) -> None:
-    index = model.host_index(name)
+    lab = paths.name
+    index = model.host_index(name, lab)
     if index is None:
-        raise LabError(f"not a lab host name: {name!r} (fleet-lab-1, fleet-lab-2, ... or 1, 2, ...)")
-    ensure_dockerd(paths.state_dir, clock)
-    full = model.host_name(index)
-    info = lab_containers().get(full)
-    if info is None or not container_address(info):
-        raise LabError(f"{full} is not up: python3 -m lab up")
+        raise LabError(f"not a host of lab {lab}: {name!r} ({lab}-1, {lab}-2, ... or 1, 2, ...)")
+    dockerd_up(paths, clock)
+    full = model.host_name(index, lab)
+    info = lab_containers(lab).get(full)
+    if info is None or not container_address(info, lab):
+        raise LabError(f"{full} is not up: {model.lab_command(lab, 'up')}")
     if not paths.ssh_key.exists():
-        raise LabError(f"no lab key at {paths.ssh_key}: python3 -m lab up")
-    argv = ssh_argv(paths.ssh_key, container_address(info), command, batch=False)
+        raise LabError(f"no lab key at {paths.ssh_key}: {model.lab_command(lab, 'up')}")
+    argv = ssh_argv(paths.ssh_key, container_address(info, lab), command, batch=False)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
@@ -460,35 +708,53 @@ def positive_int(text: str) -> int:
     return value
 
 
+def lab_name(text: str) -> str:
+    try:
+        return model.validate_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+NAME_HELP = f"the lab to act on (default: ${model.NAME_ENV}, else {model.DEFAULT_LAB})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m lab",
-        description="A local fleet of Debian 12 hosts (systemd + sshd in docker) for fleet.",
+        description="Local fleets of Debian 12 hosts (systemd + sshd in docker) for fleet.",
     )
+    parser.add_argument("--name", type=lab_name, default=None, metavar="NAME", help=NAME_HELP)
+    # --name is also taken after the command (`up --name x1`); there it wins over the one before
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--name", type=lab_name, default=argparse.SUPPRESS, metavar="NAME", help=NAME_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("dockerd", help="make sure a Docker daemon answers (start dockerd if not)")
     p = sub.add_parser("build", help="build the lab image once (cached by recipe hash)")
     p.add_argument("--force", action="store_true", help="rebuild even when the image is cached")
-    p = sub.add_parser("up", help="start the lab hosts and write inventories/lab/hosts.yml")
+    p = sub.add_parser("up", parents=[named], help="start the lab's hosts and write its inventory")
     p.add_argument("--hosts", type=positive_int, default=3, metavar="N", help="hosts (default 3)")
     p.add_argument("--gpu", type=positive_int, default=1, metavar="M", help="of which in group gpu (default 1)")
-    p = sub.add_parser("down", help="remove hosts, network and inventory (keeps the image)")
+    p = sub.add_parser("down", parents=[named], help="remove the lab's hosts, network and inventory (keeps the image)")
+    p.add_argument("--all", action="store_true", dest="all_labs", help="every lab, whatever its name")
     p.add_argument("--purge", action="store_true", help="also the images, .lab/ and a dockerd this tool started")
-    sub.add_parser("status", help="list hosts, addresses, state")
-    p = sub.add_parser("ssh", help="ssh into a host: ssh NAME [command ...]")
-    p.add_argument("name", help="fleet-lab-N or N")
+    sub.add_parser("status", parents=[named], help="list the lab's hosts, addresses, state")
+    sub.add_parser("inventory", parents=[named], help="print the path of the lab's inventory")
+    p = sub.add_parser("ssh", parents=[named], help="ssh into a host: ssh NAME [command ...]")
+    p.add_argument("host", metavar="HOST", help="LAB-N or N (fleet-lab-2 or 2 in the default lab)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    paths = Paths(REPO_ROOT)
     clock = Clock()
-    if os.geteuid() != 0:
-        print("fleet-lab: error: run as root (dockerd, debootstrap)", file=sys.stderr)
-        return 1
     try:
+        paths = Paths(REPO_ROOT, resolve_name(args.name))
+        if args.command == "inventory":  # a path only: no root, no docker
+            cmd_inventory(paths)
+            return 0
+        if os.geteuid() != 0:
+            raise LabError("run as root (dockerd, debootstrap)")
         if args.command == "dockerd":
             cmd_dockerd(paths, clock)
         elif args.command == "build":
@@ -496,11 +762,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "up":
             cmd_up(paths, clock, args.hosts, args.gpu)
         elif args.command == "down":
-            cmd_down(paths, clock, args.purge)
+            cmd_down(paths, clock, args.purge, args.all_labs)
         elif args.command == "status":
             cmd_status(paths, clock)
         elif args.command == "ssh":
-            cmd_ssh(paths, clock, args.name, args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
+            cmd_ssh(paths, clock, args.host, args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
     except LabError as e:
         print(f"fleet-lab: error: {e}", file=sys.stderr)
         return 1

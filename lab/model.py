@@ -10,26 +10,48 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 # --- names ------------------------------------------------------------------------------------
 
-LABEL = "fleet-lab"  # every container and the network carry the label fleet-lab=1
-NETWORK = "fleet-lab"
-HOST_PREFIX = "fleet-lab-"
+LABEL = "fleet-lab"  # every lab container and network carry the label fleet-lab=<lab name>
+LEGACY_LABEL_VALUE = "1"  # what labs started before named labs carry: they belong to the default lab
+DEFAULT_LAB = "fleet-lab"  # the default lab: hosts fleet-lab-1..N, network fleet-lab
+NAME_ENV = "FLEET_LAB_NAME"
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,20}")
+# .lab/ssh holds the shared key; bridge/host/none are docker's own networks
+RESERVED_NAMES = frozenset({"ssh", "bridge", "host", "none"})
 IMAGE_REPO = "fleet-lab"
 STABLE_TAG = f"{IMAGE_REPO}:debian12"  # the name molecule scenarios use
 BASE_REPO = "fleet-lab-base"  # the `docker import`ed rootfs, before the Dockerfile layer
-DEFAULT_SUBNET = "172.29.81.0/24"
+DEFAULT_SUBNET = "172.29.81.0/24"  # the default lab's; a named lab derives its own (derived_subnet)
 SUBNET_ENV = "FLEET_LAB_SUBNET"
+DERIVED_FIRST_OCTET = 100  # named labs: 172.29.X.0/24 with X in 100..249
+DERIVED_OCTETS = 150
 FIRST_HOST_OCTET = 11  # fleet-lab-1 is .11, fleet-lab-2 is .12, ...
 MAX_NOFILE = 20000  # the hard open-files limit on these machines (LAB.md)
 
+
+def validate_name(name: str) -> str:
+    """A lab name: ^[a-z][a-z0-9-]{0,20}$, and not one that would clash with .lab/ or docker."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"bad lab name {name!r}: use 1-21 of a-z 0-9 -, starting with a letter")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"lab name {name!r} is reserved (not one of {', '.join(sorted(RESERVED_NAMES))})")
+    return name
+
+
+def lab_of_label(value: str) -> str:
+    """The lab a container or network belongs to, from its fleet-lab label value."""
+    return DEFAULT_LAB if value == LEGACY_LABEL_VALUE else value
+
+
 # --- the image recipe (LAB.md "Base image"); everything here is part of the cache key ---------
 
-RECIPE_VERSION = 1  # bump when the build code changes the image in a way the constants do not
+RECIPE_VERSION = 2  # bump when the build code changes the image in a way the constants do not
 SUITE = "bookworm"
 VARIANT = "minbase"
 MIRROR = "http://deb.debian.org/debian"
@@ -151,13 +173,13 @@ class Host:
     group: str  # "web" or "gpu"
 
 
-def host_name(index: int) -> str:
-    return f"{HOST_PREFIX}{index}"
+def host_name(index: int, lab: str = DEFAULT_LAB) -> str:
+    return f"{lab}-{index}"
 
 
-def host_index(name: str) -> int | None:
-    """fleet-lab-3 -> 3; a bare "3" -> 3; anything else -> None."""
-    m = re.fullmatch(rf"(?:{re.escape(HOST_PREFIX)})?([1-9][0-9]*)", name)
+def host_index(name: str, lab: str = DEFAULT_LAB) -> int | None:
+    """fleet-lab-3 -> 3 (for lab x1: x1-3 -> 3); a bare "3" -> 3; anything else -> None."""
+    m = re.fullmatch(rf"(?:{re.escape(lab)}-)?([1-9][0-9]*)", name)
     return int(m.group(1)) if m else None
 
 
@@ -189,8 +211,8 @@ def host_address(net: ipaddress.IPv4Network, index: int) -> str:
     return str(net.network_address + FIRST_HOST_OCTET + index - 1)
 
 
-def plan_hosts(count: int, gpu: int, net: ipaddress.IPv4Network) -> list[Host]:
-    """fleet-lab-1..N; the first `gpu` of them form the gpu group, the rest web.
+def plan_hosts(count: int, gpu: int, net: ipaddress.IPv4Network, lab: str = DEFAULT_LAB) -> list[Host]:
+    """LAB-1..N; the first `gpu` of them form the gpu group, the rest web.
 
     GPU hosts come first so that growing N only adds web hosts: existing hosts keep their group.
     """
@@ -200,7 +222,50 @@ def plan_hosts(count: int, gpu: int, net: ipaddress.IPv4Network) -> list[Host]:
         raise ValueError(f"--gpu must be between 0 and --hosts ({count}), not {gpu}")
     if count > max_hosts(net):
         raise ValueError(f"--hosts {count} does not fit in {net} (at most {max_hosts(net)})")
-    return [Host(host_name(i), host_address(net, i), "gpu" if i <= gpu else "web") for i in range(1, count + 1)]
+    return [Host(host_name(i, lab), host_address(net, i), "gpu" if i <= gpu else "web") for i in range(1, count + 1)]
+
+
+# --- subnets of named labs -----------------------------------------------------------------------
+
+
+def derived_octet(name: str) -> int:
+    """X in 172.29.X.0/24 for a named lab: stable across runs and machines (crc32 of the name)."""
+    return DERIVED_FIRST_OCTET + zlib.crc32(name.encode()) % DERIVED_OCTETS
+
+
+def subnet_candidates(name: str) -> list[ipaddress.IPv4Network]:
+    """A named lab's /24s in order of preference: the derived one, then the next X, wrapping."""
+    first = derived_octet(name) - DERIVED_FIRST_OCTET
+    return [
+        ipaddress.IPv4Network(f"172.29.{DERIVED_FIRST_OCTET + (first + i) % DERIVED_OCTETS}.0/24")
+        for i in range(DERIVED_OCTETS)
+    ]
+
+
+def choose_subnet(name: str, taken: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    """The first of subnet_candidates(name) that overlaps none of `taken` (other networks' subnets)."""
+    busy = list(taken)
+    for net in subnet_candidates(name):
+        if not any(net.overlaps(other) for other in busy):
+            return net
+    last = DERIVED_FIRST_OCTET + DERIVED_OCTETS - 1
+    raise ValueError(f"no free /24 among 172.29.{DERIVED_FIRST_OCTET}-{last}.0/24 for lab {name}: set {SUBNET_ENV}")
+
+
+def network_subnets(inspected: Iterable[dict[str, object]]) -> dict[str, list[ipaddress.IPv4Network]]:
+    """Network name -> its IPv4 subnets, from `docker network inspect` output (IPv6 and junk skipped)."""
+    out: dict[str, list[ipaddress.IPv4Network]] = {}
+    for info in inspected:
+        ipam = info.get("IPAM")
+        configs = ipam.get("Config") if isinstance(ipam, dict) else None
+        nets = []
+        for c in configs if isinstance(configs, list) else []:
+            try:
+                nets.append(ipaddress.IPv4Network(str(c.get("Subnet", "")), strict=False))
+            except (ValueError, AttributeError):
+                continue
+        out[str(info.get("Name", ""))] = nets
+    return out
 
 
 def nofile_ulimit(hard_limit: int) -> str:
@@ -236,11 +301,16 @@ def yaml_str(value: str) -> str:
     return json.dumps(value)
 
 
-def render_inventory(hosts: list[Host], key_file: Path, release_store: Path) -> str:
-    """inventories/lab/hosts.yml: all.vars for the connection, fleet -> web/gpu -> hosts."""
+def lab_command(lab: str, command: str) -> str:
+    """How a user types `command` for this lab."""
+    return f"python3 -m lab {command}" if lab == DEFAULT_LAB else f"python3 -m lab --name {lab} {command}"
+
+
+def render_inventory(hosts: list[Host], key_file: Path, release_store: Path, lab: str = DEFAULT_LAB) -> str:
+    """The lab's hosts.yml: all.vars for the connection, fleet -> web/gpu -> hosts."""
     lines = [
         "---",
-        "# GENERATED by `python3 -m lab up`; `python3 -m lab down` removes it. Do not edit.",
+        f"# GENERATED by `{lab_command(lab, 'up')}`; `{lab_command(lab, 'down')}` removes it. Do not edit.",
         "all:",
         "  vars:",
         "    ansible_user: root",
