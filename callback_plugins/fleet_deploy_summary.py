@@ -1,0 +1,74 @@
+"""Callback plugin: print the hot-deploy summary a person can read, whatever ended the run.
+
+hot_deploy.yml records each host's plan and result with set_stats (key fleet_deploy_summary), so
+the summary survives a stopped rollout and an unreachable host; this plugin prints it at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = """
+name: fleet_deploy_summary
+type: aggregate
+short_description: Per-host summary of a fleet hot deploy or rollback
+description:
+  - At the end of a run that recorded C(fleet_deploy_summary) with set_stats, prints one line per
+    host - from release and slot, to release and slot, seconds taken, result - and which hosts
+    now run the new release and which still run the old one.
+requirements:
+  - enabled in ansible.cfg (callbacks_enabled)
+"""
+
+RESULT_WORDS = {
+    "ok": "deployed",
+    "failed": "FAILED",
+    "unchanged": "already live",
+    "planned": "not started",
+}
+
+
+def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> list[str]:
+    """The table and the closing verdict, from the recorded entries."""
+    lines = []
+    width = max((len(h) for h in summary), default=4)
+    on_new: list[str] = []
+    on_old: list[str] = []
+    for host in sorted(summary):
+        entry = summary[host]
+        result = entry.get("result", "planned")
+        if host in unreachable and result == "planned":
+            result = "unreachable"
+        word = RESULT_WORDS.get(result, result.upper())
+        moved = result in ("ok", "unchanged")
+        (on_new if moved else on_old).append(host)
+        seconds = f"{entry['seconds']:.1f}s" if isinstance(entry.get("seconds"), (int, float)) else "-"
+        move = f"{entry.get('from_release', '?')} (:{entry.get('from_slot', '?')})"
+        if result != "unchanged":
+            move += f" -> {entry.get('to_release', '?')} (:{entry.get('to_slot', '?')})"
+        line = f"{host:<{width}}  {move:<30}  {seconds:>7}  {word}"
+        if result == "failed":
+            line += f": {entry.get('message', '')}"
+        lines.append(line)
+    first = next(iter(summary.values()), {})
+    lines.append(f"on {first.get('to_release', '?')}: {', '.join(on_new) or 'none'}")
+    lines.append(f"still on the previous release: {', '.join(on_old) or 'none'}")
+    return lines
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "fleet_deploy_summary"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def v2_playbook_on_stats(self, stats: Any) -> None:
+        summary = stats.custom.get("_run", {}).get("fleet_deploy_summary")
+        if not summary:
+            return
+        first = next(iter(summary.values()))
+        self._display.banner(f"FLEET {first.get('mode', 'deploy').upper()} SUMMARY: {first.get('service', '?')}")
+        for line in summary_lines(summary, set(stats.dark)):
+            self._display.display(line)
