@@ -1,0 +1,228 @@
+"""Filters that turn the fleet service catalog into AWX / Automation Platform survey specs.
+
+The hot-deploy and rollback job templates ask for a service; the choices come from the catalog
+(`fleet_services`), so a service is never typed twice. awx/configure.yml applies the specs with
+`awx.awx.job_template`; re-apply it after the catalog changes, or the survey offers stale choices.
+
+A survey spec is the JSON AWX stores on a job template (`/api/v2/job_templates/<id>/survey_spec/`):
+`{"name", "description", "spec": [question, ...]}`, each question with `question_name`,
+`question_description`, `variable`, `type`, `required` and, by type, `default`, `min`, `max`,
+`choices`. AWX checks a spec's shape when it is saved and each answer against its question at
+launch (a multiple-choice answer must be one of the choices), but it cannot know whether a
+service still exists: the playbooks' own input checks remain the real guard.
+
+As in fleet_catalog.py, this file holds several filters, so the per-filter DOCUMENTATION /
+EXAMPLES / RETURN strings live here and the unit tests parse them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+_SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+# The longest version a survey accepts; fleet_release_archive checks the characters.
+VERSION_MAX_LENGTH = 128
+
+# The surveys fleet defines, by job template kind: (survey name, description, questions).
+SURVEY_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "hot_deploy": (
+        "fleet hot deploy",
+        "Zero-downtime deploy of one catalog service, a batch of hosts at a time.",
+        ("service", "version", "batch_size", "break_lock"),
+    ),
+    "rollback": (
+        "fleet rollback",
+        "Move one catalog service back to its last good release, a batch of hosts at a time.",
+        ("service", "batch_size", "break_lock"),
+    ),
+}
+
+FLEET_AWX_SERVICE_CHOICES_DOCUMENTATION = r"""
+name: fleet_awx_service_choices
+short_description: The catalog's service names, as survey choices
+description:
+  - Returns the service names of O(_input), sorted, for an AWX C(multiplechoice) question.
+  - Reads only the names, so it works on the raw C(fleet_services) of an inventory whose
+    secrets (vault variables) are not available where the job templates are applied.
+options:
+  _input:
+    description: C(fleet_services) from the inventory, or the validated C(fleet_catalog).
+    type: dict
+    required: true
+"""
+
+FLEET_AWX_SERVICE_CHOICES_EXAMPLES = r"""
+- name: Show the services the deploy survey offers
+  ansible.builtin.debug:
+    msg: "{{ fleet_services | fleet_awx_service_choices }}"
+"""
+
+FLEET_AWX_SERVICE_CHOICES_RETURN = r"""
+_value:
+  description: Service names, sorted.
+  type: list
+  elements: str
+"""
+
+FLEET_AWX_SURVEY_DOCUMENTATION = r"""
+name: fleet_awx_survey
+short_description: An AWX survey spec for a fleet job template, its choices from the catalog
+description:
+  - Builds the survey spec of the C(hot_deploy) job template (questions C(service), C(version),
+    C(batch_size), C(break_lock)) or of the C(rollback) one (C(service), C(batch_size),
+    C(break_lock)).
+  - C(service) is a required C(multiplechoice) question whose choices are the catalog's services;
+    C(version) is optional text (empty deploys the catalog's C(release.version));
+    C(batch_size) is a required integer of at least 1; C(break_lock) is C(no) or C(yes), which
+    the playbooks read with the C(bool) filter.
+positional: kind, batch_size
+options:
+  _input:
+    description: C(fleet_services) from the inventory, or the validated C(fleet_catalog).
+    type: dict
+    required: true
+  kind:
+    description: Which job template the survey is for.
+    type: str
+    choices: [hot_deploy, rollback]
+    required: true
+  batch_size:
+    description: Default answer of the C(batch_size) question.
+    type: int
+    default: 1
+"""
+
+FLEET_AWX_SURVEY_EXAMPLES = r"""
+- name: Declare the hot-deploy job template with its survey
+  awx.awx.job_template:
+    name: "fleet: hot deploy"
+    playbook: hot_deploy.yml
+    project: fleet
+    inventory: fleet production
+    survey_enabled: true
+    survey_spec: "{{ fleet_services | fleet_awx_survey('hot_deploy') }}"
+"""
+
+FLEET_AWX_SURVEY_RETURN = r"""
+_value:
+  description: The survey spec, as AWX's C(survey_spec) endpoint takes it.
+  type: dict
+  contains:
+    name:
+      description: Survey name.
+      type: str
+    description:
+      description: Survey description.
+      type: str
+    spec:
+      description: The questions, in the order AWX shows them.
+      type: list
+      elements: dict
+"""
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, (int, float, str)):
+        return f"{type(value).__name__} {value!r}"
+    return "a mapping" if isinstance(value, Mapping) else type(value).__name__
+
+
+def fleet_awx_service_choices(services: Any) -> list[str]:
+    """The catalog's service names, sorted; raises on anything a survey choice cannot be."""
+    if not isinstance(services, Mapping):
+        raise AnsibleFilterError("fleet_awx_service_choices: expects fleet_services (service name -> "
+                                 f"settings) or fleet_catalog, got {_kind(services)}")
+    if not services:
+        raise AnsibleFilterError("fleet_awx_service_choices: the catalog is empty, so a survey would offer "
+                                 "no service; define fleet_services in the inventory first")
+    names = []
+    for name in services:
+        if not isinstance(name, str) or not _SERVICE_NAME_RE.match(name):
+            raise AnsibleFilterError(f"fleet_awx_service_choices: service name {name!r} must match "
+                                     "^[a-z0-9][a-z0-9-]*$ (the catalog validation says how to fix it)")
+        names.append(name)
+    return sorted(names)
+
+
+def _question(variable: str, choices: list[str], batch_size: int) -> dict[str, Any]:
+    if variable == "service":
+        return {
+            "question_name": "Service",
+            "question_description": "Catalog service (inventory fleet_services); the choices are "
+                                    "regenerated from the catalog by awx/configure.yml.",
+            "variable": "service",
+            "type": "multiplechoice",
+            "choices": list(choices),
+            "required": True,
+        }
+    if variable == "version":
+        return {
+            "question_name": "Version",
+            "question_description": "Release to deploy, e.g. 1.4.3; leave empty for the catalog's "
+                                    "release.version of the service.",
+            "variable": "version",
+            "type": "text",
+            "required": False,
+            "default": "",
+            "min": 0,
+            "max": VERSION_MAX_LENGTH,
+        }
+    if variable == "break_lock":
+        return {
+            "question_name": "Break a stale deploy lock",
+            "question_description": "yes only after checking that no other deploy of the service is "
+                                    "running: a lock left by a crashed run is broken on purpose, and "
+                                    "the audit line records it.",
+            "variable": "break_lock",
+            "type": "multiplechoice",
+            "choices": ["no", "yes"],
+            "required": True,
+            "default": "no",
+        }
+    return {
+        "question_name": "Batch size",
+        "question_description": "Hosts changed at a time; the rollout stops at the first failed batch "
+                                "and leaves the remaining hosts untouched.",
+        "variable": "batch_size",
+        "type": "integer",
+        "required": True,
+        "default": batch_size,
+        "min": 1,
+        "max": None,
+    }
+
+
+def fleet_awx_survey(services: Any, kind: Any, batch_size: Any = 1) -> dict[str, Any]:
+    """The survey spec of the `kind` job template, its service choices taken from `services`."""
+    if kind not in SURVEY_KINDS:
+        raise AnsibleFilterError(f"fleet_awx_survey: unknown survey {kind!r}; fleet defines "
+                                 f"{', '.join(sorted(SURVEY_KINDS))}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise AnsibleFilterError(f"fleet_awx_survey: batch_size must be a whole number of at least 1, "
+                                 f"got {_kind(batch_size)}")
+    choices = fleet_awx_service_choices(services)
+    name, description, variables = SURVEY_KINDS[kind]
+    return {
+        "name": name,
+        "description": description,
+        "spec": [_question(variable, choices, batch_size) for variable in variables],
+    }
+
+
+class FilterModule:
+    """Fleet AWX filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "fleet_awx_service_choices": fleet_awx_service_choices,
+            "fleet_awx_survey": fleet_awx_survey,
+        }
