@@ -4,9 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
-PY_SOURCES := filter_plugins lab services tools tests molecule
+PY_SOURCES := filter_plugins callback_plugins roles/deploy/library lab services tools bench tests molecule
 
-.PHONY: lab lab-up lab-down deps venv releases test unit lint molecule integration clean
+.PHONY: lab lab-up lab-down deps venv releases test unit lint molecule integration bench clean
 
 ## lab: set everything up, start the 3-host lab fleet and converge it with site.yml
 lab: deps lab-up releases
@@ -50,6 +50,10 @@ molecule: deps
 # Real hosts over SSH: brings the lab up, runs the playbooks as a user types them, takes it down.
 integration: deps
 	pytest -q -p no:cacheprovider tests/integration
+
+## bench: hot deploy vs naive restart under load on the lab (prints figures, draws build/bench/hot_deploy.png)
+bench: lab
+	python3 -m bench.hot_deploy_bench
 
 clean: lab-down
 	rm -rf $(VENV) build

@@ -1,0 +1,51 @@
+"""A running lab as tests and benchmarks use it: hosts, playbook runs, ssh.
+
+Needs the project's virtualenv (PyYAML); the `python3 -m lab` CLI itself does not import this.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORY = REPO_ROOT / "inventories" / "lab" / "hosts.yml"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Lab:
+    """The hosts of a lab inventory and ways to run playbooks and commands against them."""
+
+    def __init__(self, inventory: Path = DEFAULT_INVENTORY) -> None:
+        if not inventory.exists():
+            raise LabError(f"{inventory} does not exist: start the lab first (python3 -m lab up)")
+        self.inventory = inventory
+        data = yaml.safe_load(inventory.read_text())
+        self.vars = data["all"]["vars"]
+        self.hosts: dict[str, str] = {}
+        self.groups: dict[str, list[str]] = {}
+        for group, body in data["all"]["children"]["fleet"]["children"].items():
+            self.groups[group] = sorted(body.get("hosts") or {})
+            for name, host_vars in (body.get("hosts") or {}).items():
+                self.hosts[name] = host_vars["ansible_host"]
+
+    def playbook(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run ansible-playbook from the repository root, as a user types it."""
+        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0"}
+        if self.inventory != DEFAULT_INVENTORY:
+            args = ("-i", str(self.inventory), *args)
+        return subprocess.run(["ansible-playbook", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def ssh(self, host: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-i", self.vars["ansible_ssh_private_key_file"], "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.hosts[host]}", command],
+            capture_output=True, text=True, timeout=timeout,
+        )

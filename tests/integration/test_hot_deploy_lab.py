@@ -1,0 +1,233 @@
+"""hot_deploy.yml and rollback.yml on the lab fleet: the happy path, every failure behaviour,
+and a small load run that fails on any dropped request.
+
+Each test works on its own service so that tests do not depend on each other's outcome; tests
+that only need one host use --limit to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from bench.loadgen import LoadGenerator, Target, failures, summarize
+
+from .conftest import ROOT, Lab
+
+SERVER_NAME = "{}.fleet.test"
+
+
+def state(lab: Lab, host: str, service: str) -> dict:
+    return json.loads(lab.ssh(host, f"cat /var/lib/fleet/state/{service}.json").stdout)
+
+
+def served(lab: Lab, host: str, service: str) -> dict:
+    """What nginx on `host` serves for the service right now (demo JSON: version, port)."""
+    request = urllib.request.Request(f"http://{lab.hosts[host]}/", headers={"Host": SERVER_NAME.format(service)})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def upstream(lab: Lab, host: str, service: str) -> str:
+    return lab.ssh(host, f"cat /etc/nginx/fleet/upstreams/{service}.conf").stdout
+
+
+def audit(lab: Lab, host: str) -> list[dict]:
+    out = lab.ssh(host, "cat /var/log/fleet/deploy.log 2>/dev/null || true").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def summary_of(output: str) -> str:
+    return output.split("SUMMARY", 1)[1] if "SUMMARY" in output else ""
+
+
+def test_deploys_alternate_slots_and_rollback_returns_to_the_right_release(lab: Lab):
+    host, service = "fleet-lab-1", "main-api"
+    blue, green = 8010, 9010
+    assert state(lab, host, service)["live_port"] == blue
+    steps = [
+        (("hot_deploy.yml", "-e", "version=1.1.0"), "1.1.0", green),
+        (("hot_deploy.yml", "-e", "version=1.2.0"), "1.2.0", blue),
+        (("rollback.yml",), "1.1.0", green),
+        (("rollback.yml",), "1.0.0", blue),
+    ]
+    for args, release, slot in steps:
+        lab.playbook(args[0], "-e", f"service={service}", *args[1:], "--limit", host)
+        now = state(lab, host, service)
+        assert (now["live_port"], now["slots"][str(slot)]["release"]) == (slot, release), args
+        assert (served(lab, host, service)["version"], served(lab, host, service)["port"]) == (release, slot)
+        idle = green if slot == blue else blue
+        assert lab.ssh(host, f"systemctl is-active {service}@{idle}", check=False).stdout.strip() != "active"
+    assert now["history"] == ["1.0.0"]
+    records = [r for r in audit(lab, host) if r["service"] == service]
+    assert [(r["mode"], r["to_release"], r["result"]) for r in records[-4:]] == [
+        ("deploy", "1.1.0", "ok"), ("deploy", "1.2.0", "ok"), ("rollback", "1.1.0", "ok"), ("rollback", "1.0.0", "ok")]
+    assert {"start", "health_gate", "swap", "drain"} <= set(records[-1]["durations"])
+
+
+def test_check_mode_shows_the_plan_and_changes_nothing(lab: Lab):
+    host, service = "fleet-lab-2", "main-api"
+    before = state(lab, host, service)
+    result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0", "--check",
+                          "--limit", host)
+    assert "main-api: 1.0.0 on slot 8010 -> 1.2.0 on slot 9010" in result.stdout
+    assert state(lab, host, service) == before
+    assert served(lab, host, service)["version"] == "1.0.0"
+
+
+def test_failed_health_gate_keeps_the_old_release_and_stops_the_rollout(lab: Lab):
+    service = "personas-api"
+    result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=9.9.9-unhealthy",
+                          "-e", "health_timeout=5", "--limit", "fleet-lab-1,fleet-lab-2", check=False)
+    assert result.returncode != 0
+    message = result.stdout
+    # which host, which check, what it saw
+    assert "FAILED on fleet-lab-1 in the health gate step" in message
+    assert "GET http://127.0.0.1:9000/health" in message and "saw status 503" in message
+    assert '\\"status\\": \\"failing\\"' in message or '"status": "failing"' in message
+    first = state(lab, "fleet-lab-1", service)
+    assert first["live_port"] == 8000 and "9.9.9-unhealthy" in first["bad_releases"]
+    assert "9000" not in first["slots"]
+    assert lab.ssh("fleet-lab-1", f"systemctl is-active {service}@9000", check=False).stdout.strip() != "active"
+    assert lab.ssh("fleet-lab-1", f"test -e /opt/fleet/{service}/slots/9000", check=False).returncode != 0
+    assert served(lab, "fleet-lab-1", service)["version"] == "1.0.0"
+    # the rollout stopped: the next host was never touched
+    assert "bad_releases" not in state(lab, "fleet-lab-2", service) or not state(lab, "fleet-lab-2", service)[
+        "bad_releases"]
+    assert not [r for r in audit(lab, "fleet-lab-2") if r["service"] == service]
+    assert "fleet-lab-2" in summary_of(message) and "not started" in summary_of(message)
+    # and the bad release is refused next time, with advice
+    again = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=9.9.9-unhealthy",
+                         "--limit", "fleet-lab-1", check=False)
+    assert again.returncode != 0 and "was marked bad on fleet-lab-1" in again.stdout
+
+
+def test_nginx_test_failure_restores_the_upstream_and_leaves_traffic(lab: Lab):
+    host, service = "fleet-lab-3", "infrastructure"
+    before = upstream(lab, host, service)
+    lab.ssh(host, "echo 'this is not nginx syntax;' > /etc/nginx/conf.d/zz-broken.conf")
+    try:
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.1.0",
+                              "--limit", host, check=False)
+    finally:
+        lab.ssh(host, "rm -f /etc/nginx/conf.d/zz-broken.conf")
+    assert result.returncode != 0
+    assert "in the swap step" in result.stdout and "previous upstream file was restored" in result.stdout
+    assert upstream(lab, host, service) == before
+    assert state(lab, host, service)["live_port"] == 8080
+    assert served(lab, host, service)["port"] == 8080
+    assert lab.ssh(host, f"systemctl is-active {service}@9080", check=False).stdout.strip() != "active"
+
+
+def test_a_held_lock_refuses_a_second_deploy_and_breaks_only_on_purpose(lab: Lab):
+    host, service = "fleet-lab-2", "zapier-mcp"
+    stale = {"deploy_id": "zapier-mcp-old", "owner": "carol@ci", "started": "2026-01-01T00:00:00Z",
+             "started_epoch": 0, "expires": "2026-01-01T00:30:00Z", "expires_epoch": 1800}
+    lab.ssh(host, f"mkdir -p /var/lib/fleet/locks && echo '{json.dumps(stale)}' > /var/lib/fleet/locks/{service}.lock")
+    refused = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.1.0", "--limit", host,
+                           check=False)
+    assert refused.returncode != 0
+    assert "held by carol@ci since 2026-01-01T00:00:00Z" in refused.stdout and "stale" in refused.stdout
+    assert "break_lock=true" in refused.stdout
+    assert state(lab, host, service)["live_port"] == 8090
+    broken = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.1.0", "--limit", host,
+                          "-e", "break_lock=true")
+    assert "deployed" in summary_of(broken.stdout)
+    assert audit(lab, host)[-1]["broke_lock"]["owner"] == "carol@ci"
+    assert lab.ssh(host, f"test -e /var/lib/fleet/locks/{service}.lock", check=False).returncode != 0
+
+
+def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab):
+    host, service = "fleet-lab-3", "zapier-mcp"
+    # 3.0.0-slow takes 5 s to start, so the first deploy holds the lock long enough.
+    first = subprocess.Popen(
+        ["ansible-playbook", "hot_deploy.yml", "-e", f"service={service}", "-e", "version=3.0.0-slow",
+         "--limit", host], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while lab.ssh(host, f"test -e /var/lib/fleet/locks/{service}.lock", check=False).returncode != 0:
+            assert time.monotonic() < deadline and first.poll() is None, "first deploy never took the lock"
+            time.sleep(0.3)
+        second = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0", "--limit", host,
+                              check=False)
+    finally:
+        out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out[-3000:]
+    assert second.returncode != 0
+    assert f"{host}: deploy lock of {service} is held by" in second.stdout and "since" in second.stdout
+    assert state(lab, host, service)["slots"][str(state(lab, host, service)["live_port"])]["release"] == "3.0.0-slow"
+
+
+def test_bad_input_fails_before_anything_changes(lab: Lab, tmp_path):
+    before = {h: state(lab, h, "main-api") for h in lab.hosts}
+    unknown = lab.playbook("hot_deploy.yml", "-e", "service=nope", check=False)
+    assert unknown.returncode != 0 and "unknown service 'nope'" in unknown.stdout
+    no_service = lab.playbook("hot_deploy.yml", check=False)
+    assert no_service.returncode != 0 and "-e service=<name>" in no_service.stdout
+    no_release = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", "version=7.7.7", check=False)
+    assert no_release.returncode != 0 and "no release of main-api 7.7.7" in no_release.stdout
+    catalog = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
+    catalog["fleet_services"]["main-api"]["group"] = "web"
+    override = tmp_path / "catalog.json"
+    override.write_text(json.dumps(catalog))
+    gpu_host = lab.groups["gpu"][0]
+    outside = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", f"@{override}", "--limit", gpu_host,
+                           check=False)
+    assert outside.returncode != 0 and f"{gpu_host} is not in group 'web' that runs main-api" in outside.stdout
+    assert {h: state(lab, h, "main-api") for h in lab.hosts} == before
+
+
+def test_unreachable_host_mid_rollout_stops_and_the_summary_says_where_each_host_is(lab: Lab):
+    service, victim = "infrastructure", "fleet-lab-2"
+    process = subprocess.Popen(
+        ["ansible-playbook", "hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("PLAY [Roll out"):
+            # the victim answered the plan; now its sshd and every session go away
+            subprocess.run(["docker", "exec", victim, "sh", "-c", "systemctl stop ssh.service ssh.socket; pkill sshd"],
+                           check=False)
+    process.wait(timeout=300)
+    try:
+        output = "".join(lines)
+        assert process.returncode != 0
+        summary = summary_of(output)
+        assert "fleet-lab-1" in summary and "deployed" in summary.split("fleet-lab-1", 1)[1].splitlines()[0]
+        assert "unreachable" in summary.split(victim, 1)[1].splitlines()[0]
+        assert "not started" in summary.split("fleet-lab-3", 1)[1].splitlines()[0]
+        assert "on 1.2.0: fleet-lab-1\n" in summary
+        assert "still on the previous release: fleet-lab-2, fleet-lab-3" in summary
+    finally:
+        subprocess.run(["docker", "exec", victim, "systemctl", "start", "ssh.service"], check=True)
+    assert served(lab, "fleet-lab-3", service)["version"] == "1.0.0"
+
+
+def test_hot_deploy_under_load_drops_no_request(lab: Lab):
+    """The small version of bench/hot_deploy_bench.py: any failed request fails the test."""
+    service = "personas-api"
+    targets = [Target(h, a, SERVER_NAME.format(service)) for h, a in sorted(lab.hosts.items())]
+    load = LoadGenerator(targets, total_rate=60).start()
+    time.sleep(2)
+    versions = {h: served(lab, h, service)["version"] for h in lab.hosts}
+    target_release = "2.0.0"
+    deploy = threading.Thread(target=lab.playbook, args=("hot_deploy.yml", "-e", f"service={service}",
+                                                          "-e", f"version={target_release}"))
+    deploy.start()
+    deploy.join(timeout=600)
+    time.sleep(2)
+    samples = load.stop()
+    figures = summarize(samples)
+    print(f"hot deploy under load: {figures}")
+    assert figures["requests"] > 500
+    assert failures(samples) == [], failures(samples)[:10]
+    assert {s.version for s in samples} == set(versions.values()) | {target_release}
+    assert all(served(lab, h, service)["version"] == target_release for h in lab.hosts)
