@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,8 @@ INVENTORY = ROOT / "inventories" / "production"
 CATALOG = yaml.safe_load((INVENTORY / "group_vars/all/fleet_services.yml").read_text())["fleet_services"]
 SCM_URL = "https://git.example.com/ops/fleet.git"
 HOOK_URL = "http://127.0.0.1:9/fleet-hook"  # stored, never called: the stand-in sends nothing
+# The venv's ansible-playbook, also when pytest runs without the venv on PATH.
+ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
 ASSOCIATIONS = ("credentials", "labels", "instance_groups", "notification_templates_started",
                 "notification_templates_success", "notification_templates_error")
 
@@ -163,7 +167,7 @@ def configure(*args: str, host: str = "http://127.0.0.1:9") -> subprocess.Comple
            "CONTROLLER_VERIFY_SSL": "false", "FLEET_AWX_WEBHOOK_SUCCESS_URL": HOOK_URL,
            "FLEET_AWX_WEBHOOK_FAILURE_URL": HOOK_URL, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
     return subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY), "awx/configure.yml", "-e", f"fleet_awx_scm_url={SCM_URL}", *args],
+        [ANSIBLE_PLAYBOOK, "-i", str(INVENTORY), "awx/configure.yml", "-e", f"fleet_awx_scm_url={SCM_URL}", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
 
@@ -266,7 +270,7 @@ def test_check_only_run_exports_the_templates_without_a_controller(tmp_path: Pat
 
 def test_a_missing_repository_url_is_refused_before_any_request():
     result = subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY), "awx/configure.yml"], cwd=ROOT, capture_output=True, text=True,
+        [ANSIBLE_PLAYBOOK, "-i", str(INVENTORY), "awx/configure.yml"], cwd=ROOT, capture_output=True, text=True,
         timeout=300, env={**os.environ, "ANSIBLE_FORCE_COLOR": "0"},
     )
     assert result.returncode != 0
