@@ -45,9 +45,7 @@ def run_phase(load: LoadGenerator, name: str, action) -> Window:
 
 
 def deploy(lab: Lab, service: str, release: str) -> None:
-    result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}")
-    if result.returncode != 0:
-        sys.exit(f"hot deploy of {service} {release} failed:\n{result.stdout[-4000:]}")
+    lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}")
 
 
 def naive_restart(lab: Lab, service: str) -> None:
@@ -176,7 +174,7 @@ def main() -> int:
         report["phases"][window.name] = figures
         print(f"{window.name:<14} {figures['requests']:>8} {figures['rate']:>7} {figures['non_2xx']:>8} "
               f"{figures['connection_errors']:>8} {figures['p50_ms']:>8} {figures['p99_ms']:>8}")
-    print(f"\nper-host swap (from the audit log; 'swap' = write + nginx -t + reload + verify through nginx):")
+    print("\nper-host swap (from the audit log; 'swap' = write + nginx -t + reload + verify through nginx):")
     for host, records in swaps.items():
         report["swaps"][host] = [{"to": r["to_release"], **r["durations"], "total": r["seconds"]} for r in records]
         for r in records:

@@ -27,6 +27,7 @@ RESULT_WORDS = {
     "failed": "FAILED",
     "unchanged": "already live",
     "planned": "not started",
+    "unreachable": "unreachable (stopped there; check the host)",
 }
 
 

@@ -35,17 +35,25 @@ class Lab:
             for name, host_vars in (body.get("hosts") or {}).items():
                 self.hosts[name] = host_vars["ansible_host"]
 
-    def playbook(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """Run ansible-playbook from the repository root, as a user types it."""
+    def playbook(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run ansible-playbook from the repository root, as a user types it; with check, fail loudly."""
         env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0"}
         if self.inventory != DEFAULT_INVENTORY:
             args = ("-i", str(self.inventory), *args)
-        return subprocess.run(["ansible-playbook", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        result = subprocess.run(["ansible-playbook", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise LabError(f"ansible-playbook {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr}")
+        return result
 
-    def ssh(self, host: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+    def ssh(self, host: str, command: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on a lab host over SSH; with check, fail loudly."""
+        result = subprocess.run(
             ["ssh", "-i", self.vars["ansible_ssh_private_key_file"], "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.hosts[host]}", command],
             capture_output=True, text=True, timeout=timeout,
         )
+        if check and result.returncode != 0:
+            raise LabError(f"{host}: {command} failed ({result.returncode}): {result.stderr}")
+        return result

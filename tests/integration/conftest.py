@@ -1,7 +1,8 @@
 """Integration tests run against the lab fleet: real hosts over SSH, converged by site.yml.
 
 The session starts the lab (`python3 -m lab up`), builds the releases, converges site.yml once and
-hands the tests a `Lab` handle; it takes the lab down afterwards unless FLEET_KEEP_LAB=1.
+hands the tests a `Lab` handle (lab/client.py); it takes the lab down afterwards unless
+FLEET_KEEP_LAB=1.
 """
 
 from __future__ import annotations
@@ -13,24 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import client
 from lab.client import REPO_ROOT as ROOT
-
-
-class Lab(client.Lab):
-    """The lab client, failing the test (with the output) when a command fails unexpectedly."""
-
-    def playbook(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        result = super().playbook(*args, timeout=timeout)
-        if check and result.returncode != 0:
-            pytest.fail(f"ansible-playbook {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr}")
-        return result
-
-    def ssh(self, host: str, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = super().ssh(host, command, timeout=timeout)
-        if check and result.returncode != 0:
-            pytest.fail(f"{host}: {command} failed ({result.returncode}): {result.stderr}")
-        return result
+from lab.client import Lab
 
 
 def lab_command(*args: str) -> None:

@@ -13,7 +13,6 @@ import threading
 import time
 import urllib.request
 
-import pytest
 import yaml
 
 from bench.loadgen import LoadGenerator, Target, failures, summarize
