@@ -43,6 +43,8 @@ def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> 
         if host in unreachable and result == "planned":
             result = "unreachable"
         word = RESULT_WORDS.get(result, result.upper())
+        if result == "ok" and entry.get("mode") == "rollback":
+            word = "rolled back"
         moved = result in ("ok", "unchanged")
         (on_new if moved else on_old).append(host)
         seconds = f"{entry['seconds']:.1f}s" if isinstance(entry.get("seconds"), (int, float)) else "-"

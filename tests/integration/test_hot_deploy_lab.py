@@ -46,6 +46,12 @@ def summary_of(output: str) -> str:
     return output.split("SUMMARY", 1)[1] if "SUMMARY" in output else ""
 
 
+def start_playbook(log, *args: str) -> subprocess.Popen:
+    """ansible-playbook in the background, its output in a file: an ssh ControlPersist master
+    outlives the run, so waiting for EOF on a pipe would wait for the master too."""
+    return subprocess.Popen(["ansible-playbook", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
 def test_deploys_alternate_slots_and_rollback_returns_to_the_right_release(lab: Lab):
     host, service = "fleet-lab-1", "main-api"
     blue, green = 8010, 9010
@@ -142,12 +148,12 @@ def test_a_held_lock_refuses_a_second_deploy_and_breaks_only_on_purpose(lab: Lab
     assert lab.ssh(host, f"test -e /var/lib/fleet/locks/{service}.lock", check=False).returncode != 0
 
 
-def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab):
+def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab, tmp_path):
     host, service = "fleet-lab-3", "zapier-mcp"
     # 3.0.0-slow takes 5 s to start, so the first deploy holds the lock long enough.
-    first = subprocess.Popen(
-        ["ansible-playbook", "hot_deploy.yml", "-e", f"service={service}", "-e", "version=3.0.0-slow",
-         "--limit", host], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = (tmp_path / "first.log").open("w")
+    first = start_playbook(log, "hot_deploy.yml", "-e", f"service={service}", "-e", "version=3.0.0-slow",
+                           "--limit", host)
     try:
         deadline = time.monotonic() + 120
         while lab.ssh(host, f"test -e /var/lib/fleet/locks/{service}.lock", check=False).returncode != 0:
@@ -156,8 +162,8 @@ def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab):
         second = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0", "--limit", host,
                               check=False)
     finally:
-        out, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, out[-3000:]
+        first.wait(timeout=300)
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     assert second.returncode != 0
     assert f"{host}: deploy lock of {service} is held by" in second.stdout and "since" in second.stdout
     assert state(lab, host, service)["slots"][str(state(lab, host, service)["live_port"])]["release"] == "3.0.0-slow"
@@ -182,22 +188,20 @@ def test_bad_input_fails_before_anything_changes(lab: Lab, tmp_path):
     assert {h: state(lab, h, "main-api") for h in lab.hosts} == before
 
 
-def test_unreachable_host_mid_rollout_stops_and_the_summary_says_where_each_host_is(lab: Lab):
+def test_unreachable_host_mid_rollout_stops_and_the_summary_says_where_each_host_is(lab: Lab, tmp_path):
     service, victim = "infrastructure", "fleet-lab-2"
-    process = subprocess.Popen(
-        ["ansible-playbook", "hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("PLAY [Roll out"):
-            # the victim answered the plan; now its sshd and every session go away
-            subprocess.run(["docker", "exec", victim, "sh", "-c", "systemctl stop ssh.service ssh.socket; pkill sshd"],
-                           check=False)
+    log_path = tmp_path / "deploy.log"
+    process = start_playbook(log_path.open("w"), "hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0")
+    deadline = time.monotonic() + 300
+    while "PLAY [Roll out" not in log_path.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.2)
+    # the victim answered the plan; now its sshd and every session go away
+    subprocess.run(["docker", "exec", victim, "sh", "-c", "systemctl stop ssh.service ssh.socket; pkill sshd"],
+                   check=False)
     process.wait(timeout=300)
     try:
-        output = "".join(lines)
+        output = log_path.read_text()
         assert process.returncode != 0
         summary = summary_of(output)
         assert "fleet-lab-1" in summary and "deployed" in summary.split("fleet-lab-1", 1)[1].splitlines()[0]
