@@ -182,6 +182,10 @@ def main() -> int:
             print(f"  {host}  -> {r['to_release']:<6} total {r['seconds']:>5.1f}s  start {d['start']:>4.1f}s  "
                   f"health gate {d['health_gate']:>4.1f}s  swap {d['swap']:>4.1f}s  drain {d['drain']:>4.1f}s")
     print(f"floor: healthy on its own {floor['healthy_s']}s + one reload {floor['reload_s']}s = {floor['floor_s']}s")
+    reconnects = sum(stream.reconnects for stream in load.streams)
+    report["keepalive_reconnects"] = reconnects
+    print(f"keep-alive connections closed by nginx while idle (reloads, keepalive_timeout) and reopened "
+          f"before reuse: {reconnects}")
     bad = failures(samples)
     for s in bad[:20]:
         print(f"  failed at {s.t:7.2f}s {s.host} {s.mode}: {s.status or ''} {s.error}")
