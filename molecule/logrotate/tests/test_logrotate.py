@@ -47,6 +47,12 @@ def test_nginx_rule_is_the_roles_own(host):
     assert "kill -USR1" in rule
 
 
+def test_extra_rules_are_written_and_retired_ones_removed(host):
+    assert "/var/log/fleet-audit/*.log {" in host.file("/etc/logrotate.d/fleet-extra-audit").content_string
+    # prepare.yml left /etc/logrotate.d/fleet-extra-retired; the converge removed it.
+    assert not host.file("/etc/logrotate.d/fleet-extra-retired").exists
+
+
 def test_timer_runs_logrotate_hourly(host):
     timer = host.service("logrotate.timer")
     assert timer.is_enabled and timer.is_running

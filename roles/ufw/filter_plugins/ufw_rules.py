@@ -1,0 +1,222 @@
+"""Filters of the ufw role: validate the layered rule lists, and find the rules to remove.
+
+The role owns the host's ufw rule set. Every rule it adds carries the comment
+``fleet:<id> <name>``, where ``<id>`` hashes what the rule does (not its name), so a rule whose
+meaning changes is a new rule and the old one is found by its id and removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+DOCUMENTATION = r"""
+name: ufw_declared_rules
+short_description: Validate and combine the ufw role's layered rule lists
+description:
+  - Takes an ordered mapping of list name to rules (SSH rules, C(ufw_rules), C(ufw_group_rules),
+    C(ufw_host_rules)), checks every rule, and returns them in order with defaults filled in, an
+    C(id) and the C(comment) the role writes into ufw.
+  - A rule whose C(from) is a list stands for one rule per source address, all with its name.
+  - Fails with one line per problem, naming the list, the index and the rule's name; an allowed
+    rule that would open one of the C(protected_ports) (the catalog's slot ports) is a problem,
+    because slot ports stay reachable on loopback only.
+positional: rule_lists, protected_ports
+options:
+  rule_lists:
+    description: Mapping of list name to a list of rules.
+    type: dict
+    required: true
+  protected_ports:
+    description: Ports no incoming allow or limit rule may open (except on C(lo)).
+    type: list
+    elements: int
+    default: []
+"""
+
+EXAMPLES = r"""
+__ufw_declared: >-
+  {{ {'ufw_rules': ufw_rules, 'ufw_host_rules': ufw_host_rules}
+     | ufw_declared_rules(fleet_catalog.values() | map(attribute='slots') | flatten) }}
+__ufw_delete: "{{ __ufw_show_added.stdout | ufw_undeclared_rules(__ufw_declared) }}"
+"""
+
+RETURN = r"""
+_value:
+  description:
+    - ufw_declared_rules, a list of rules with the keys name, rule, port (a string or null),
+      proto, from, to, interface (or null), direction, id and comment.
+    - ufw_undeclared_rules, the argument vectors of the C(ufw delete) commands that remove every
+      rule ufw holds that is not declared.
+  type: list
+"""
+
+RULE_KEYS = ("name", "rule", "port", "proto", "from", "to", "interface", "direction")
+ACTIONS = ("allow", "deny", "reject", "limit")
+PROTOCOLS = ("tcp", "udp", "any")
+DIRECTIONS = ("in", "out")
+ID_LENGTH = 10
+COMMENT_RE = re.compile(rf"^fleet:([0-9a-f]{{{ID_LENGTH}}})(?: |$)")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}$")
+PORT_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?$")
+ADDRESS_RE = re.compile(r"^(any|[0-9A-Fa-f.:]+(/\d{1,3})?)$")
+INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+
+
+def _port_range(where: str, value: Any, problems: list[str]) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    match = PORT_RE.match(text) if isinstance(text, str) else None
+    if not match:
+        problems.append(f"{where}: port {value!r} must be a port (443) or a range ('8000:8100')")
+        return None
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 1 <= low <= high <= 65535:
+        problems.append(f"{where}: port {value!r} must lie within 1-65535, lowest first")
+        return None
+    return low, high
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...], problems: list[str]) -> str:
+    if value not in choices:
+        problems.append(f"{where}: {key} {value!r} must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def _address(where: str, key: str, value: Any, problems: list[str]) -> str:
+    if not isinstance(value, str) or not ADDRESS_RE.match(value):
+        problems.append(f"{where}: {key} {value!r} must be 'any' or an IPv4/IPv6 address or network")
+    return str(value)
+
+
+def _rule(where: str, raw: Any, source: Any, protected: set[int], problems: list[str]) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping with at least a name, e.g. {{name: http, port: 80}}")
+        return None
+    before = len(problems)
+    unknown = sorted(str(key) for key in raw if key not in RULE_KEYS)
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(RULE_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.append(f"{where}: name {name!r} is required: letters, digits, space, . _ : / - "
+                        "(at most 64), it becomes the rule's ufw comment")
+    ports = _port_range(where, raw.get("port"), problems)
+    rule = {
+        "name": name,
+        "rule": _choice(where, "rule", raw.get("rule", "allow"), ACTIONS, problems),
+        "port": None if ports is None else (str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}:{ports[1]}"),
+        "proto": _choice(where, "proto", raw.get("proto", "tcp" if ports else "any"), PROTOCOLS, problems),
+        "from": _address(where, "from", source, problems),
+        "to": _address(where, "to", raw.get("to", "any"), problems),
+        "interface": raw.get("interface"),
+        "direction": _choice(where, "direction", raw.get("direction", "in"), DIRECTIONS, problems),
+    }
+    if rule["interface"] is not None and not (
+        isinstance(rule["interface"], str) and INTERFACE_RE.match(rule["interface"])
+    ):
+        problems.append(f"{where}: interface {rule['interface']!r} is not an interface name (e.g. eth0)")
+    if ports and ports[0] != ports[1] and rule["proto"] == "any":
+        problems.append(f"{where}: a port range needs proto tcp or udp (ufw refuses 'any' with a range)")
+    if len(problems) > before:
+        return None
+    opens = rule["rule"] in ("allow", "limit") and rule["direction"] == "in" and rule["interface"] != "lo"
+    if opens and rule["proto"] != "udp":
+        exposed = sorted(p for p in protected if ports is None or ports[0] <= p <= ports[1])
+        if exposed:
+            what = f"port {rule['port']}" if ports else "every port"
+            problems.append(
+                f"{where}: opens {what}, which includes the slot port(s) {', '.join(map(str, exposed[:5]))}"
+                f"{' ...' if len(exposed) > 5 else ''}; slot ports stay reachable on loopback only "
+                "(nginx proxies to them): give the rule a port outside the slots"
+            )
+            return None
+    spec = {key: rule[key] for key in RULE_KEYS if key != "name"}
+    rule["id"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:ID_LENGTH]
+    rule["comment"] = f"fleet:{rule['id']} {name}"
+    return rule
+
+
+def ufw_declared_rules(rule_lists: Any, protected_ports: Any = ()) -> list[dict[str, Any]]:
+    """Every declared rule, in order, validated, with its id and ufw comment."""
+    if not isinstance(rule_lists, Mapping):
+        raise AnsibleFilterError("ufw_declared_rules: expects a mapping of list name to rules, "
+                                 f"got {type(rule_lists).__name__}")
+    try:
+        protected = {int(port) for port in protected_ports or ()}
+    except (TypeError, ValueError) as err:
+        raise AnsibleFilterError(f"ufw_declared_rules: protected_ports must be port numbers: {err}") from err
+    problems: list[str] = []
+    rules: list[dict[str, Any]] = []
+    for list_name, items in rule_lists.items():
+        if items is None:
+            continue
+        if isinstance(items, (str, bytes, Mapping)) or not hasattr(items, "__iter__"):
+            problems.append(f"{list_name}: must be a list of rules, got {type(items).__name__}")
+            continue
+        for index, raw in enumerate(items):
+            label = raw.get("name") if isinstance(raw, Mapping) else None
+            where = f"{list_name}[{index}]" + (f" ({label})" if isinstance(label, str) else "")
+            sources = raw.get("from", "any") if isinstance(raw, Mapping) else None
+            for source in sources if isinstance(sources, list) and sources else [sources]:
+                rule = _rule(where, raw, source, protected, problems)
+                if rule is not None:
+                    rule["source"] = where
+                    rules.append(rule)
+    seen: dict[str, str] = {}
+    for rule in rules:
+        if rule["id"] in seen:
+            problems.append(f"{rule['source']}: does the same as {seen[rule['id']]}; declare each rule once")
+        seen.setdefault(rule["id"], rule["source"])
+        named = seen.setdefault("name:" + rule["name"], rule["source"])
+        if named != rule["source"]:
+            problems.append(f"{rule['source']}: has the same name as {named}; names must be unique")
+    if problems:
+        raise AnsibleFilterError("invalid ufw rules:\n" + "\n".join(f"  - {p}" for p in problems))
+    return rules
+
+
+def ufw_undeclared_rules(show_added: Any, declared: Any) -> list[list[str]]:
+    """`ufw delete` argument vectors for each rule in `ufw show added` output that is not declared.
+
+    A rule counts as declared only when its comment carries the id of a declared rule; rules
+    added by hand (no such comment) are removed too: the role owns the rule set.
+    """
+    if not isinstance(show_added, str):
+        raise AnsibleFilterError("ufw_undeclared_rules: expects the stdout of `ufw show added`")
+    ids = {rule["id"] for rule in declared or ()}
+    deletes = []
+    for line in show_added.splitlines():
+        if not line.startswith("ufw "):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError as err:
+            raise AnsibleFilterError(f"ufw_undeclared_rules: cannot parse the ufw rule {line!r}: {err}") from err
+        comment = words[words.index("comment") + 1] if "comment" in words[:-1] else ""
+        found = COMMENT_RE.match(comment)
+        if found and found.group(1) in ids:
+            continue
+        if words[1] == "route":
+            deletes.append(["ufw", "route", "delete", *words[2:]])
+        else:
+            deletes.append(["ufw", "delete", *words[1:]])
+    return deletes
+
+
+class FilterModule:
+    """ufw role filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "ufw_declared_rules": ufw_declared_rules,
+            "ufw_undeclared_rules": ufw_undeclared_rules,
+        }

@@ -1,0 +1,167 @@
+"""Unit tests for roles/ufw/filter_plugins/ufw_rules.py: layered rules, slot-port guard, pruning."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+PLUGIN = Path(__file__).resolve().parents[2] / "roles/ufw/filter_plugins/ufw_rules.py"
+_spec = importlib.util.spec_from_file_location("ufw_rules", PLUGIN)
+assert _spec and _spec.loader
+ufw_rules = importlib.util.module_from_spec(_spec)
+sys.modules["ufw_rules"] = ufw_rules
+_spec.loader.exec_module(ufw_rules)
+
+SLOTS = [8000, 9000, 8010, 9010, 8080, 9080, 8090, 9090]
+SSH = [{"name": "ssh", "rule": "limit", "port": 22, "proto": "tcp"}]
+WEB = [{"name": "http", "port": 80}, {"name": "https", "port": 443}]
+
+
+def declared(**lists: Any) -> list[dict[str, Any]]:
+    return ufw_rules.ufw_declared_rules(lists, SLOTS)
+
+
+def problems(**lists: Any) -> str:
+    with pytest.raises(AnsibleFilterError) as err:
+        declared(**lists)
+    return str(err.value)
+
+
+def test_layers_keep_their_order_and_fill_defaults():
+    rules = declared(ssh=SSH, ufw_rules=WEB, ufw_group_rules=[{"name": "dns", "port": 53, "proto": "udp"}],
+                     ufw_host_rules=[{"name": "blocked", "rule": "deny", "from": "203.0.113.0/24"}])
+    assert [r["name"] for r in rules] == ["ssh", "http", "https", "dns", "blocked"]
+    http = rules[1]
+    assert {k: http[k] for k in ("rule", "port", "proto", "from", "to", "interface", "direction")} == {
+        "rule": "allow", "port": "80", "proto": "tcp", "from": "any", "to": "any", "interface": None,
+        "direction": "in"}
+    assert rules[0]["rule"] == "limit"
+    # A rule without a port covers every protocol unless it says otherwise.
+    assert rules[4]["proto"] == "any" and rules[4]["port"] is None
+
+
+def test_comment_carries_an_id_of_what_the_rule_does():
+    (http,) = declared(ufw_rules=[{"name": "http", "port": 80}])
+    assert http["comment"] == f"fleet:{http['id']} http"
+    assert len(http["id"]) == 10
+    (renamed,) = declared(ufw_rules=[{"name": "web", "port": "80", "proto": "tcp"}])
+    assert renamed["id"] == http["id"]  # same meaning, same id: a rename only updates the comment
+    (moved,) = declared(ufw_rules=[{"name": "http", "port": 8081}])
+    assert moved["id"] != http["id"]  # new meaning: a new rule; the old one gets removed
+
+
+def test_a_list_of_sources_makes_one_rule_per_source():
+    rules = declared(ssh=[{"name": "ssh trusted", "port": 22, "from": ["10.0.0.0/8", "192.0.2.7"]}])
+    assert [(r["name"], r["from"]) for r in rules] == [("ssh trusted", "10.0.0.0/8"), ("ssh trusted", "192.0.2.7")]
+    assert rules[0]["id"] != rules[1]["id"]
+
+
+def test_port_ranges_are_normalised():
+    (rule,) = declared(ufw_rules=[{"name": "passive ftp", "port": "60000:60100", "proto": "tcp"}])
+    assert rule["port"] == "60000:60100"
+
+
+@pytest.mark.parametrize(
+    "rule,message",
+    [
+        ({"port": 80}, "name None is required"),
+        ({"name": "x", "port": 80, "action": "allow"}, "unknown key(s) action"),
+        ({"name": "x", "port": 70000}, "must lie within 1-65535"),
+        ({"name": "x", "port": "90:80"}, "lowest first"),
+        ({"name": "x", "port": "http"}, "must be a port (443) or a range"),
+        ({"name": "x", "port": 80, "rule": "permit"}, "rule 'permit' must be one of allow, deny, reject, limit"),
+        ({"name": "x", "port": 80, "proto": "sctp"}, "proto 'sctp' must be one of tcp, udp, any"),
+        ({"name": "x", "port": "100:200", "proto": "any"}, "a port range needs proto tcp or udp"),
+        ({"name": "x", "port": 80, "from": "example.com"}, "from 'example.com' must be 'any' or an IPv4/IPv6"),
+        ({"name": "x", "port": 80, "direction": "both"}, "direction 'both' must be one of in, out"),
+        ({"name": "x", "port": 80, "interface": "eth0; rm -rf /"}, "is not an interface name"),
+        ({"name": "it's", "port": 80}, "name \"it's\" is required"),
+    ],
+)
+def test_bad_rules_are_named_in_the_message(rule, message):
+    text = problems(ufw_host_rules=[rule])
+    assert "ufw_host_rules[0]" in text
+    assert message in text
+
+
+def test_every_problem_is_reported_at_once():
+    text = problems(ufw_rules=[{"name": "a", "port": 0}], ufw_group_rules=[{"name": "b", "proto": "icmp"}])
+    assert "ufw_rules[0] (a)" in text and "ufw_group_rules[0] (b)" in text
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"name": "oops", "port": 8010},
+        {"name": "range", "port": "8000:8100", "proto": "tcp"},
+        {"name": "monitoring host", "from": "10.1.2.3"},
+        {"name": "limited", "rule": "limit", "port": 9090},
+    ],
+)
+def test_rules_that_would_open_a_slot_port_are_refused(rule):
+    text = problems(ufw_group_rules=[rule])
+    assert "slot ports stay reachable on loopback only" in text
+    assert "ufw_group_rules[0]" in text
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"name": "deny slot", "rule": "deny", "port": 8010},
+        {"name": "loopback", "port": 8010, "interface": "lo"},
+        {"name": "outgoing", "port": 8010, "direction": "out"},
+        {"name": "udp", "port": 8010, "proto": "udp"},
+        {"name": "metrics", "port": 9100},
+    ],
+)
+def test_rules_that_leave_slot_ports_closed_are_accepted(rule):
+    assert declared(ufw_group_rules=[rule])
+
+
+def test_duplicate_rules_and_names_are_refused():
+    assert "does the same as ufw_rules[0] (http)" in problems(ufw_rules=WEB, ufw_host_rules=[{"name": "h", "port": 80}])
+    assert "has the same name as ufw_rules[0] (http)" in problems(ufw_rules=WEB,
+                                                                ufw_host_rules=[{"name": "http", "port": 8443}])
+
+
+def test_lists_must_be_lists():
+    assert "ufw_host_rules: must be a list of rules" in problems(ufw_host_rules={"name": "x"})
+    assert declared(ufw_rules=WEB, ufw_host_rules=None)
+    with pytest.raises(AnsibleFilterError, match="expects a mapping"):
+        ufw_rules.ufw_declared_rules([], SLOTS)
+
+
+SHOW_ADDED = """Added user rules (see 'ufw status' for running firewall):
+ufw limit 22/tcp comment 'fleet:{ssh} ssh'
+ufw allow 80/tcp comment 'fleet:{http} http'
+ufw allow 8443/tcp comment 'fleet:0123456789 old https'
+ufw allow 8010
+ufw allow from 10.0.0.0/8 to any port 9100 proto tcp comment 'added by hand'
+ufw route allow in on eth1 out on eth2
+"""
+
+
+def test_undeclared_rules_are_deleted_declared_ones_kept():
+    rules = declared(ssh=SSH, ufw_rules=[WEB[0]])
+    out = SHOW_ADDED.format(ssh=rules[0]["id"], http=rules[1]["id"])
+    assert ufw_rules.ufw_undeclared_rules(out, rules) == [
+        ["ufw", "delete", "allow", "8443/tcp", "comment", "fleet:0123456789 old https"],
+        ["ufw", "delete", "allow", "8010"],
+        ["ufw", "delete", "allow", "from", "10.0.0.0/8", "to", "any", "port", "9100", "proto", "tcp",
+         "comment", "added by hand"],
+        ["ufw", "route", "delete", "allow", "in", "on", "eth1", "out", "on", "eth2"],
+    ]
+
+
+def test_nothing_to_delete_on_an_empty_rule_set():
+    out = "Added user rules (see 'ufw status' for running firewall):\n(None)\n"
+    assert ufw_rules.ufw_undeclared_rules(out, declared(ssh=SSH)) == []
+
+
+def test_filters_are_registered():
+    assert set(ufw_rules.FilterModule().filters()) == {"ufw_declared_rules", "ufw_undeclared_rules"}
