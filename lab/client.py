@@ -51,7 +51,10 @@ class Lab:
         """Run a shell command on a lab host over SSH; with check, fail loudly."""
         result = subprocess.run(
             ["ssh", "-i", self.vars["ansible_ssh_private_key_file"], "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.hosts[host]}", command],
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             # One connection per host, reused: ufw rate-limits new SSH connections (6 per 30 s).
+             "-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/fleet-lab-ssh-%C", "-o", "ControlPersist=60s",
+             f"root@{self.hosts[host]}", command],
             capture_output=True, text=True, timeout=timeout,
         )
         if check and result.returncode != 0:
