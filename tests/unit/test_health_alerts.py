@@ -183,6 +183,20 @@ def test_self_healing_restarts_a_hung_slot_systemd_sees_as_active(tmp_path):
         assert 'fleet_health_self_heal_restarts_total{service="main-api"} 1' in metrics
 
 
+def test_self_healing_restarts_one_slot_per_run(tmp_path):
+    systemctl, _, calls = fake_systemctl(tmp_path, "active")
+    with fake_service(Behaviour(delay=2.0)) as (port_a, _), fake_service(Behaviour(delay=2.0)) as (port_b, _):
+        write_deploy_state(tmp_path, "a", port_a)
+        write_deploy_state(tmp_path, "b", port_b)
+        config = make_config(tmp_path, [{"name": "a"}, {"name": "b"}], http={"timeout_s": 0.5},
+                             self_heal={"enabled": True, "after_failures": 1, "systemctl": str(systemctl)})
+        first = run(config)[1]["actions"]
+        second = run(config)[1]["actions"]
+    assert [len(first), len(second)] == [1, 1]
+    assert [c for c in calls.read_text().splitlines() if c.startswith("restart")] == [
+        f"restart a@{port_a}.service", f"restart b@{port_b}.service"]
+
+
 def test_self_healing_leaves_a_unit_systemd_knows_is_down_alone(tmp_path):
     systemctl, _, calls = fake_systemctl(tmp_path, "failed")
     with fake_service() as (port, _):

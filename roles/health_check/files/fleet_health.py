@@ -27,7 +27,7 @@ directory, and Slack-compatible webhook messages ({"text": ...}) only when somet
 new or worse problem (ALERT) or a cleared one (RECOVERY), de-duplicated across runs through a
 small state file, with retries inside a bounded total time. Optional self-healing restarts a live
 slot whose health check failed N runs in a row while systemd still reports it active (a hang
-systemd cannot see), and logs and alerts the action.
+systemd cannot see), one slot per run at most, and logs and alerts the action.
 
 `--no-webhook` makes a run read-only: nothing is sent, the state file is neither written nor
 locked, and nothing is restarted, so a look by hand never eats an alert that cron should send.
@@ -1127,7 +1127,6 @@ def run_checks(config: Config, state: dict[str, Any], options: Options, runner: 
 
     findings: list[Finding] = []
     new_state: dict[str, Any] = {"kernel_log": state.get("kernel_log", {}),
-                                 "failures": dict(state.get("failures", {})),
                                  "restarts": dict(state.get("restarts", {}))}
     outcomes: dict[str, ServiceOutcome] = {}
     for name, result in results.items():
@@ -1155,20 +1154,27 @@ def run_checks(config: Config, state: dict[str, Any], options: Options, runner: 
     if config.backup.enabled:
         findings.extend(check_backup(config.backup, metrics, now))
 
-    actions = []
+    # Consecutive failed runs per service. One restart per run at most, the longest-failing slot
+    # first, so a host-wide fault (every slot hung at once) does not turn into a restart storm.
+    previous = state.get("failures", {}) if isinstance(state.get("failures"), dict) else {}
+    failures: dict[str, int] = {}
     for service in config.services:
         outcome = outcomes.get(service.name)
-        failures = new_state["failures"]
-        failures[service.name] = failures.get(service.name, 0) + 1 if outcome and outcome.direct_failed else 0
-        if (outcome is None or outcome.live_port is None or options.read_only or not config.self_heal.enabled
-                or failures[service.name] < config.self_heal.after_failures):
-            continue
-        finding = self_heal(service, outcome.live_port, failures[service.name], config, runner)
-        if finding is not None:
-            findings.append(finding)
-            actions.append(finding.message)
-            failures[service.name] = 0
-            new_state["restarts"][service.name] = new_state["restarts"].get(service.name, 0) + 1
+        failed = outcome is not None and outcome.direct_failed
+        failures[service.name] = int(previous.get(service.name, 0)) + 1 if failed else 0
+    new_state["failures"] = failures
+    actions: list[str] = []
+    if config.self_heal.enabled and not options.read_only:
+        due = [s for s in config.services if failures[s.name] >= config.self_heal.after_failures]
+        for service in sorted(due, key=lambda s: -failures[s.name]):
+            port = outcomes[service.name].live_port
+            finding = self_heal(service, port, failures[service.name], config, runner) if port else None
+            if finding is not None:
+                findings.append(finding)
+                actions.append(finding.message)
+                failures[service.name] = 0
+                new_state["restarts"][service.name] = new_state["restarts"].get(service.name, 0) + 1
+                break
     for service, count in sorted(new_state["restarts"].items()):
         metrics.add("self_heal_restarts_total", "Restarts done by the health checker.", count,
                     {"service": service}, kind="counter")
