@@ -17,7 +17,7 @@ lab: deps lab-up releases
 # side: most of their time is spent waiting on guests, not on the two cores.
 test: deps unit lint
 	python3 -m lab build
-	$(MAKE) --no-print-directory -j2 --output-sync=line molecule integration
+	$(MAKE) --no-print-directory -j2 molecule integration
 
 deps: venv
 	scripts/install-host-deps.sh
@@ -49,11 +49,11 @@ lint: venv
 
 molecule: deps
 	python3 -m lab build
-	molecule test --all
+	molecule test --all 2>&1 | sed -u 's/^/[molecule] /'
 
 # Real hosts over SSH: brings the lab up, runs the playbooks as a user types them, takes it down.
 integration: deps
-	pytest -q -p no:cacheprovider tests/integration
+	pytest -v -p no:cacheprovider tests/integration 2>&1 | sed -u 's/^/[integration] /'
 
 ## bench: hot deploy vs naive restart under load on the lab (prints figures, draws build/bench/hot_deploy.png)
 bench: lab
