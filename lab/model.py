@@ -111,6 +111,10 @@ RUN_FLAGS: tuple[str, ...] = (  # LAB.md: what boots systemd here (NOT --privile
     "SYS_ADMIN",
     "--cap-add",
     "NET_ADMIN",
+    # Root on a real host may read every process's sockets (ss -p): the slot engine checks that
+    # the new slot's unit, not a stray process, owns the port it health-checks.
+    "--cap-add",
+    "SYS_PTRACE",
     "--cgroupns=private",
     "--tmpfs",
     "/run",

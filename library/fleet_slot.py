@@ -1,0 +1,159 @@
+#!/usr/bin/python3
+"""Ansible module: one call into fleet's slot engine on the host (the fleet_slots package)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: fleet_slot
+short_description: Read, reconcile or move a service between its two slots, in one call on the host
+description:
+  - A thin wrapper of the C(fleet_slots) package (module_utils, the same code the slot_engine role
+    installs on every host for the fleet-slot command, the local fact and the health checker): it
+    owns the deploy state, the deploy lock, the nginx slot table and the switch transaction. The
+    package travels with every call, so the host always runs the controller's version.
+  - O(action=init) records the first state of a service (live on O(port) with O(release)) when it has none.
+  - O(action=plan) reads the state and the lock; a move a killed run left pending is reconciled
+    first when no other deploy holds the lock (not in check mode).
+  - O(action=run) takes the lock, reconciles, moves the service to O(release) (O(mode=deploy)),
+    to the release before the live one (O(mode=rollback)) or restarts the live release on the other
+    slot (O(mode=restart)), releases the lock and appends the audit line. Nothing reloads nginx.
+  - O(action=status) reports every service's state and nginx's routes; it changes nothing.
+options:
+  action: {type: str, required: true, choices: [init, plan, run, status], description: What to do.}
+  service: {type: dict, description: The service's entry of the validated catalog (fleet_catalog).}
+  port: {type: int, description: With O(action=init), the slot to start on.}
+  release: {type: str, description: The release to start on (init) or move to (run, mode=deploy).}
+  mode: {type: str, default: deploy, choices: [deploy, rollback, restart], description: The kind of move.}
+  deploy_id: {type: str, default: "", description: Identifies this run (lock, journal, audit).}
+  owner: {type: str, default: "", description: Who runs it (user@controller).}
+  hostname: {type: str, default: "", description: The inventory name, for the audit line.}
+  lock_ttl: {type: int, default: 1800, description: Seconds until the lock counts as stale.}
+  break_lock: {type: bool, default: false, description: Break a lock held by another deploy.}
+  retry_bad_release: {type: bool, default: false, description: Try a release marked bad on the host.}
+  health: {type: dict, default: {}, description: Overrides of the catalog's health timeout, interval, start_grace.}
+  drain_timeout: {type: float, description: Overrides the catalog's drain_timeout.}
+  verify_timeout: {type: float, default: 15, description: How long nginx may take to serve the new slot.}
+  audit_log: {type: path, default: /var/log/fleet/deploy.log, description: One JSON line per run and host.}
+  halt_after: {type: str, choices: [start, switch, record, drain], description: >-
+      Drill only. Freeze the engine after this phase, as if the controller died there.}
+  service_root: {type: path, default: /opt/fleet, description: Releases and slot links.}
+  state_dir: {type: path, default: /var/lib/fleet/state, description: Deploy state files.}
+  lock_dir: {type: path, default: /var/lib/fleet/locks, description: Deploy lock files.}
+  control_socket: {type: path, default: /run/fleet-nginx/control.sock, description: nginx's slot table.}
+"""
+
+EXAMPLES = r"""
+- name: Deploy main-api 1.2.0 on this host
+  fleet_slot:
+    action: run
+    service: "{{ fleet_catalog['main-api'] }}"
+    release: 1.2.0
+    deploy_id: "{{ deploy_id }}"
+    owner: alice@laptop
+"""
+
+RETURN = r"""
+result: {type: str, description: "run: ok, failed or unchanged."}
+message: {type: str, description: What happened, or what failed and where traffic is.}
+phase: {type: str, description: The phase that failed (or ran last).}
+durations: {type: dict, description: Seconds per phase (start, health_gate, switch, verify, record, drain).}
+reconciled: {type: str, description: An interrupted move found and what was done about it.}
+state: {type: dict, description: The service's deploy state after the call.}
+"""
+
+from dataclasses import asdict
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.fleet_slots import engine, nginx, state
+
+
+def spec_of(p: dict) -> engine.Spec:
+    svc, health = p["service"], p["service"]["health"]
+    overrides = {k: v for k, v in (p["health"] or {}).items() if v not in (None, "")}
+    location = svc["nginx"]["location"].rstrip("/")
+    return engine.Spec(
+        service=svc["name"], blue_port=int(svc["blue_port"]),
+        health_path=health["path"], health_status=int(health["status"]), health_body=health.get("body") or "",
+        health_timeout=float(overrides.get("timeout", health["timeout"])),
+        health_interval=float(overrides.get("interval", health["interval"])),
+        health_start_grace=float(overrides.get("start_grace", health["start_grace"])),
+        drain_timeout=float(p["drain_timeout"] or svc["drain_timeout"]),
+        verify_url="http://127.0.0.1" + ("" if svc["nginx"]["server_names"] else location) + health["path"],
+        verify_host=(svc["nginx"]["server_names"] or [None])[0], verify_timeout=p["verify_timeout"],
+        service_root=p["service_root"], state_dir=p["state_dir"], lock_dir=p["lock_dir"],
+        control_socket=p["control_socket"],
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "action": {"type": "str", "required": True, "choices": ["init", "plan", "run", "status"]},
+            "service": {"type": "dict"},
+            "port": {"type": "int"},
+            "release": {"type": "str"},
+            "mode": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback", "restart"]},
+            "deploy_id": {"type": "str", "default": ""},
+            "owner": {"type": "str", "default": ""},
+            "hostname": {"type": "str", "default": ""},
+            "lock_ttl": {"type": "int", "default": 1800},
+            "break_lock": {"type": "bool", "default": False},
+            "retry_bad_release": {"type": "bool", "default": False},
+            "health": {"type": "dict", "default": {}},
+            "drain_timeout": {"type": "float"},
+            "verify_timeout": {"type": "float", "default": 15.0},
+            "audit_log": {"type": "path", "default": "/var/log/fleet/deploy.log"},
+            "halt_after": {"type": "str", "choices": ["start", "switch", "record", "drain"]},
+            "service_root": {"type": "path", "default": "/opt/fleet"},
+            "state_dir": {"type": "path", "default": "/var/lib/fleet/state"},
+            "lock_dir": {"type": "path", "default": "/var/lib/fleet/locks"},
+            "control_socket": {"type": "path", "default": "/run/fleet-nginx/control.sock"},
+        },
+        required_if=[("action", "init", ["service", "port", "release"]), ("action", "plan", ["service"]),
+                     ("action", "run", ["service", "deploy_id"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+
+    if p["action"] == "status":
+        try:
+            routes = nginx.routes(p["control_socket"])
+        except nginx.NginxControlError as err:
+            routes, p["routes_error"] = {}, str(err)
+        states = {k: (v.to_dict() if isinstance(v, state.State) else {"error": str(v)})
+                  for k, v in state.load_all(p["state_dir"]).items()}
+        module.exit_json(changed=False, states=states, routes=routes, routes_error=p.get("routes_error", ""))
+
+    name = p["service"]["name"]
+    try:
+        if p["action"] == "init":
+            current = state.load(name, p["state_dir"])
+            if current is not None:
+                module.exit_json(changed=False, state=current.to_dict())
+            current = state.initial(name, p["port"], p["release"])
+            if not module.check_mode:
+                state.save(current, p["state_dir"])
+            module.exit_json(changed=True, state=current.to_dict())
+
+        spec = spec_of(p)
+        if p["action"] == "plan":
+            planned = engine.plan(spec, p["deploy_id"], p["owner"], module.check_mode)
+            module.exit_json(changed=bool(planned["reconciled"]), **planned)
+
+        if module.check_mode:
+            module.exit_json(changed=False, skipped=True, msg="check mode: nothing moved")
+        outcome = engine.run(
+            spec, mode=p["mode"], release=p["release"], deploy_id=p["deploy_id"], owner=p["owner"],
+            hostname=p["hostname"], lock_ttl=p["lock_ttl"], break_lock=p["break_lock"], audit_log=p["audit_log"],
+            retry_bad_release=p["retry_bad_release"], halt_after=p["halt_after"])
+    except (engine.Failed, state.StateError, nginx.NginxControlError) as err:
+        module.fail_json(msg=f"{name}: {err}")
+    after = state.load(name, p["state_dir"])
+    result = {**asdict(outcome), "state": after.to_dict() if after else {}}
+    if outcome.result == "failed":
+        module.fail_json(msg=outcome.message, **result)
+    module.exit_json(changed=outcome.result == "ok", **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+-- fleet's slot table: which slot of each service nginx sends the next request to.
+--
+-- Every service's live port sits in the shared dict `fleet_slots`, read per request by the
+-- balancer of its upstream. init() fills it from the deploy state files whenever nginx starts or
+-- reloads (the state on disk is the truth, so a restart or a reboot lands on the live slot);
+-- control() lets the slot engine change it through a root-only unix socket. A switch is one
+-- dict write: nginx is not reloaded and no client or upstream connection is closed.
+local cjson = require "cjson.safe"
+
+local _M = {}
+
+local DICT = "fleet_slots"
+
+local function live_port_from(path)
+    local file = io.open(path, "r")
+    if not file then
+        return nil, "no state file"
+    end
+    local text = file:read("*a")
+    file:close()
+    local state = cjson.decode(text)
+    local port = type(state) == "table" and tonumber(state.live_port) or nil
+    if not port then
+        return nil, "no live_port in it"
+    end
+    return port
+end
+
+-- init_by_lua (master process): services maps each service nginx routes to its blue port.
+function _M.init(state_dir, services)
+    local dict = ngx.shared[DICT]
+    for service, blue in pairs(services) do
+        dict:set("slots:" .. service, blue .. " " .. (blue + 1000))
+        local port, err = live_port_from(state_dir .. "/" .. service .. ".json")
+        if port then
+            dict:set(service, port)
+        elseif not dict:get(service) then
+            -- No state yet (first converge): the slot the service role starts first.
+            ngx.log(ngx.WARN, "fleet: ", service, ": ", err, " in ", state_dir, ", routing to blue slot ", blue)
+            dict:set(service, blue)
+        end
+    end
+end
+
+-- balancer_by_lua of the service's upstream.
+function _M.balance(service)
+    local port = ngx.shared[DICT]:get(service)
+    if not port then
+        ngx.log(ngx.ERR, "fleet: no live slot known for ", service)
+        return ngx.exit(502)
+    end
+    local ok, err = require("ngx.balancer").set_current_peer("127.0.0.1", port)
+    if not ok then
+        ngx.log(ngx.ERR, "fleet: cannot route ", service, " to ", port, ": ", err)
+        return ngx.exit(502)
+    end
+end
+
+local function answer(status, body)
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.say(cjson.encode(body))
+    return ngx.exit(status)
+end
+
+-- content_by_lua of the control server:
+--   GET /slots            every service's live port
+--   PUT /slots/<service>  body: one of the service's two slot ports
+function _M.control()
+    local dict = ngx.shared[DICT]
+    local method, uri = ngx.req.get_method(), ngx.var.uri
+    if uri == "/slots" and method == "GET" then
+        local slots = {}
+        for _, key in ipairs(dict:get_keys(0)) do
+            if not key:find(":", 1, true) then
+                slots[key] = dict:get(key)
+            end
+        end
+        return answer(200, slots)
+    end
+    local service = uri:match("^/slots/([%w._-]+)$")
+    if not service then
+        return answer(404, { error = "unknown path " .. uri .. ": GET /slots or PUT /slots/<service>" })
+    end
+    if method ~= "PUT" then
+        return answer(405, { error = "use PUT /slots/<service> with a slot port as the body" })
+    end
+    local slots = dict:get("slots:" .. service)
+    if not slots then
+        return answer(404, { error = "nginx routes no service named " .. service })
+    end
+    ngx.req.read_body()
+    local port = tonumber(ngx.req.get_body_data() or "")
+    local blue, green = slots:match("^(%d+) (%d+)$")
+    if port ~= tonumber(blue) and port ~= tonumber(green) then
+        return answer(400, { error = service .. " has slots " .. blue .. " and " .. green .. ", not "
+                                     .. tostring(ngx.req.get_body_data()) })
+    end
+    local previous = dict:get(service)
+    local ok, err = dict:set(service, port)
+    if not ok then
+        return answer(500, { error = "cannot store the slot: " .. err })
+    end
+    ngx.log(ngx.NOTICE, "fleet: ", service, " now routed to slot ", port, " (was ", previous, ")")
+    return answer(200, { service = service, port = port, previous = previous })
+end
+
+return _M

@@ -1,0 +1,85 @@
+"""A per-service deploy lock on the host: a JSON file created atomically (O_EXCL).
+
+It holds the deploy id, its owner, when it started and when it expires. An expired lock is called
+stale but still refused: only an explicit break takes it, and the broken lock is returned so the
+deploy can record it. Breaking a lock never touches the slots: the engine reconciles the broken
+deploy's journal, which never stops the slot nginx serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+LOCK_DIR = "/var/lib/fleet/locks"
+
+
+class LockHeld(RuntimeError):
+    def __init__(self, service: str, lock: dict[str, Any]) -> None:
+        super().__init__(f"deploy lock of {service} is {describe(lock)}")
+        self.lock = lock
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def path_of(service: str, lock_dir: str = LOCK_DIR) -> Path:
+    return Path(lock_dir) / f"{service}.lock"
+
+
+def read(service: str, lock_dir: str = LOCK_DIR) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path_of(service, lock_dir).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return {"deploy_id": "?", "owner": "unknown", "started": "?", "expires_epoch": 0,
+                "error": f"unreadable lock file: {err}"}
+    return data if isinstance(data, dict) else {"deploy_id": "?", "owner": "unknown", "expires_epoch": 0}
+
+
+def describe(lock: dict[str, Any]) -> str:
+    stale = f" (stale: expired {lock.get('expires', '?')})" if lock.get("expires_epoch", 0) < time.time() else ""
+    return (f"held by {lock.get('owner', 'unknown')} since {lock.get('started', '?')} "
+            f"(deploy {lock.get('deploy_id', '?')}, expires {lock.get('expires', '?')}){stale}")
+
+
+def acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bool = False,
+            lock_dir: str = LOCK_DIR) -> dict[str, Any]:
+    """Take the lock; returns the lock it broke ({} if none). LockHeld when another deploy holds it."""
+    current = read(service, lock_dir)
+    if current is not None and current.get("deploy_id") == deploy_id:
+        return {}
+    broken: dict[str, Any] = {}
+    path = path_of(service, lock_dir)
+    if current is not None:
+        if not break_lock:
+            raise LockHeld(service, current)
+        broken = current
+        path.unlink(missing_ok=True)
+    now = time.time()
+    lock = {"deploy_id": deploy_id, "owner": owner, "service": service, "pid": os.getpid(),
+            "started": iso(now), "started_epoch": now, "expires": iso(now + ttl), "expires_epoch": now + ttl}
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise LockHeld(service, read(service, lock_dir) or {}) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(lock, handle)
+        handle.write("\n")
+    return broken
+
+
+def release(service: str, deploy_id: str, lock_dir: str = LOCK_DIR) -> bool:
+    """Release the lock if `deploy_id` holds it; another deploy's lock is left alone."""
+    current = read(service, lock_dir)
+    if current is None or current.get("deploy_id") != deploy_id:
+        return False
+    path_of(service, lock_dir).unlink(missing_ok=True)
+    return True

@@ -1,0 +1,69 @@
+"""The switch: nginx's slot table, read and set through its control socket.
+
+nginx (role `nginx`) keeps each service's live port in a lua_shared_dict that its Lua balancer
+reads per request, and serves a small HTTP API on a unix socket only root can reach:
+
+    GET /slots             -> {"main-api": 8010, ...}
+    PUT /slots/<service>   body "9010" -> {"service": "main-api", "port": 9010, "previous": 8010}
+
+Setting a value changes where the next request goes; nginx is not reloaded and no connection,
+client or upstream, is closed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+
+CONTROL_SOCKET = "/run/fleet-nginx/control.sock"
+
+
+class NginxControlError(RuntimeError):
+    pass
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _call(method: str, path: str, body: str | None = None, control_socket: str = CONTROL_SOCKET,
+          timeout: float = 5.0) -> Any:
+    conn = _UnixConnection(control_socket, timeout)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        payload = response.read().decode("utf-8", "replace")
+    except OSError as err:
+        raise NginxControlError(f"nginx control socket {control_socket}: {err} (is nginx running with "
+                                "fleet's slot balancer?)") from err
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise NginxControlError(f"nginx control {method} {path}: {response.status} {payload.strip()}")
+    return json.loads(payload)
+
+
+def routes(control_socket: str = CONTROL_SOCKET) -> dict[str, int]:
+    """Every service's live port as nginx routes it right now."""
+    return {k: int(v) for k, v in _call("GET", "/slots", control_socket=control_socket).items()}
+
+
+def route(service: str, control_socket: str = CONTROL_SOCKET) -> int | None:
+    return routes(control_socket).get(service)
+
+
+def switch(service: str, port: int, control_socket: str = CONTROL_SOCKET) -> int | None:
+    """Route `service` to `port` from the next request on; returns the previous port."""
+    answer = _call("PUT", f"/slots/{service}", body=str(port), control_socket=control_socket)
+    previous = answer.get("previous")
+    return int(previous) if previous is not None else None

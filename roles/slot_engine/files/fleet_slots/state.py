@@ -1,0 +1,250 @@
+"""The deploy state of one service on one host: its schema and every transition.
+
+This module is the only writer of /var/lib/fleet/state/<service>.json; every reader (the slot
+engine, the Ansible module, the local fact, the health checker, the benchmark) goes through
+`load`. nginx's Lua balancer reads one field of it, `live_port`, when nginx starts or reloads.
+
+    {
+      "service": "main-api",
+      "live_port": 9010,                       # the slot nginx routes to
+      "slots": {"8010": {"release": "1.0.0", "since": "..."}, "9010": {...}},
+      "history": ["1.0.0", "1.1.0"],           # releases that were live, oldest first
+      "last_good_release": "1.0.0",            # history[-2]: what a rollback returns to
+      "bad_releases": ["9.9.9"],               # failed their health gate here
+      "last_deploy": "main-api-2026...",       # deploy id of the last completed move
+      "pending": null | {...}                  # the journal of a move in progress
+    }
+
+A move writes `pending` (from/to slot and release, deploy id, phase) before it changes anything a
+client could see, advances its phase as it goes, and clears it when the old slot is stopped. A
+`pending` found by a later run is a move that was interrupted: see engine.reconcile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+STATE_DIR = "/var/lib/fleet/state"
+
+# The phases of a move, in order. A move interrupted before "switched" never moved traffic.
+PHASES = ("started", "healthy", "switched", "recorded", "draining")
+MODES = ("deploy", "rollback", "restart")
+
+
+class StateError(ValueError):
+    """A state file that is missing, unreadable or not of this schema."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Move:
+    """A slot switch in progress (the journal entry)."""
+
+    deploy_id: str
+    mode: str
+    from_port: int
+    to_port: int
+    from_release: str
+    to_release: str
+    phase: str = "started"
+    owner: str = ""
+    history_before: list[str] = field(default_factory=list)  # to revert a recorded move exactly
+    started: str = field(default_factory=now_iso)
+    started_epoch: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Move:
+        try:
+            move = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except TypeError as err:
+            raise StateError(f"pending move is incomplete: {err}") from err
+        if move.phase not in PHASES:
+            raise StateError(f"pending move has unknown phase {move.phase!r} (expected one of {', '.join(PHASES)})")
+        return move
+
+    @property
+    def traffic_moved(self) -> bool:
+        return PHASES.index(self.phase) >= PHASES.index("switched")
+
+
+@dataclass
+class State:
+    service: str
+    live_port: int
+    slots: dict[str, dict[str, Any]]
+    history: list[str]
+    last_good_release: str | None = None
+    bad_releases: list[str] = field(default_factory=list)
+    last_deploy: str | None = None
+    pending: Move | None = None
+
+    # -- reading -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "state") -> State:
+        if not isinstance(data, dict):
+            raise StateError(f"{where}: not a JSON object")
+        try:
+            live = data["live_port"]
+            slots = data["slots"]
+            service = data["service"]
+        except KeyError as err:
+            raise StateError(f"{where}: missing field {err}") from err
+        if not isinstance(live, int) or isinstance(live, bool):
+            raise StateError(f"{where}: live_port must be an integer, not {live!r}")
+        if not isinstance(slots, dict) or str(live) not in slots or "release" not in slots[str(live)]:
+            raise StateError(f"{where}: slots has no release for the live slot {live}")
+        live_release = slots[str(live)]["release"]
+        pending = data.get("pending")
+        return cls(
+            service=service, live_port=live, slots=slots,
+            history=list(data.get("history") or [live_release]),
+            last_good_release=data.get("last_good_release"),
+            bad_releases=list(data.get("bad_releases") or []),
+            last_deploy=data.get("last_deploy"),
+            pending=Move.from_dict(pending) if pending else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pending"] = asdict(self.pending) if self.pending else None
+        return data
+
+    @property
+    def live_release(self) -> str:
+        return str(self.slots[str(self.live_port)]["release"])
+
+    def idle_port(self, blue_port: int) -> int:
+        """The other slot of a service whose blue slot is `blue_port`."""
+        return blue_port + 1000 if self.live_port == blue_port else blue_port
+
+    def rollback_target(self) -> str | None:
+        """The release that was live before the current one, if any."""
+        return self.history[-2] if len(self.history) > 1 else None
+
+    # -- transitions ---------------------------------------------------------------------------
+    def begin(self, move: Move) -> None:
+        if self.pending is not None:
+            raise StateError(f"{self.service}: a move is already pending ({self.pending.deploy_id}, "
+                             f"phase {self.pending.phase}); reconcile it first")
+        if move.from_port != self.live_port:
+            raise StateError(f"{self.service}: move starts from slot {move.from_port}, "
+                             f"but slot {self.live_port} is live")
+        self.pending = move
+
+    def advance(self, phase: str) -> None:
+        if self.pending is None:
+            raise StateError(f"{self.service}: no move is pending")
+        if PHASES.index(phase) < PHASES.index(self.pending.phase):
+            raise StateError(f"{self.service}: phase {phase} comes before {self.pending.phase}")
+        self.pending.phase = phase
+
+    def commit(self) -> None:
+        """The pending move's slot becomes live (phase `recorded`); the old slot still runs."""
+        move = self.pending
+        if move is None:
+            raise StateError(f"{self.service}: no move to commit")
+        if move.mode == "rollback" and self.history[-2:-1] == [move.to_release]:
+            self.history = self.history[:-1]
+        elif move.mode != "restart" or self.history[-1:] != [move.to_release]:
+            self.history = [*self.history, move.to_release]
+        self.live_port = move.to_port
+        self.slots[str(move.to_port)] = {"release": move.to_release, "since": now_iso()}
+        self.last_good_release = self.rollback_target()
+        self.bad_releases = [r for r in self.bad_releases if r != move.to_release]
+        self.last_deploy = move.deploy_id
+        move.phase = "recorded"
+
+    def finish(self) -> None:
+        """The old slot is stopped: forget it and clear the journal."""
+        move = self.pending
+        if move is None or move.phase not in ("recorded", "draining"):
+            raise StateError(f"{self.service}: only a recorded move can finish")
+        self.slots.pop(str(move.from_port), None)
+        self.pending = None
+
+    def revert(self) -> None:
+        """Undo commit(): the old slot is live again (the move stays pending, to be abandoned)."""
+        move = self.pending
+        if move is None or move.phase not in ("recorded", "draining"):
+            raise StateError(f"{self.service}: only a recorded move can be reverted")
+        self.live_port = move.from_port
+        self.slots[str(move.from_port)] = {"release": move.from_release, "since": now_iso()}
+        self.history = list(move.history_before) or [move.from_release]
+        self.last_good_release = self.rollback_target()
+        move.phase = "switched"
+
+    def abandon(self, bad: bool = False) -> None:
+        """The pending move did not happen: traffic stays on the live slot."""
+        move = self.pending
+        if move is None:
+            return
+        if move.traffic_moved and move.phase != "switched":
+            raise StateError(f"{self.service}: a recorded move cannot be abandoned")
+        self.slots.pop(str(move.to_port), None)
+        if bad and move.to_release not in self.bad_releases:
+            self.bad_releases.append(move.to_release)
+        self.pending = None
+
+
+def initial(service: str, port: int, release: str) -> State:
+    """The state of a service started for the first time on `port`."""
+    return State(service=service, live_port=port, slots={str(port): {"release": release, "since": now_iso()}},
+                 history=[release])
+
+
+def path_of(service: str, state_dir: str = STATE_DIR) -> Path:
+    return Path(state_dir) / f"{service}.json"
+
+
+def load(service: str, state_dir: str = STATE_DIR) -> State | None:
+    """The state of `service`, None when it has none; StateError when the file is broken."""
+    path = path_of(service, state_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StateError(f"{path}: {err}") from err
+    try:
+        return State.from_dict(json.loads(text), str(path))
+    except ValueError as err:
+        raise StateError(f"{path}: {err}") from err
+
+
+def load_all(state_dir: str = STATE_DIR) -> dict[str, State | StateError]:
+    """Every service's state on this host; a broken file maps to its error."""
+    states: dict[str, State | StateError] = {}
+    for path in sorted(Path(state_dir).glob("*.json")):
+        try:
+            states[path.stem] = load(path.stem, state_dir) or StateError(f"{path} vanished")
+        except StateError as err:
+            states[path.stem] = err
+    return states
+
+
+def save(state: State, state_dir: str = STATE_DIR) -> None:
+    """Replace the state file atomically (write, fsync, rename): a crash leaves old or new."""
+    path = path_of(state.service, state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{state.service}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(state.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
