@@ -27,7 +27,7 @@ SERVICE_KEYS = (
     "environment", "nginx", "drain_timeout", "user",
 )
 HEALTH_DEFAULTS: dict[str, Any] = {
-    "path": "/health", "status": 200, "body": "", "timeout": 60, "interval": 0.5, "start_grace": 0,
+    "path": "/health", "status": 200, "body": "", "timeout": 60, "interval": 0.1, "start_grace": 0,
 }
 RELEASE_KEYS = ("version", "archive", "keep")
 NGINX_KEYS = ("server_names", "location")

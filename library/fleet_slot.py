@@ -13,7 +13,7 @@ description:
     package travels with every call, so the host always runs the controller's version.
   - O(action=init) records the first state of a service (live on O(port) with O(release)) when it has none.
   - O(action=plan) reads the state and the lock; a move a killed run left pending is reconciled
-    first when no other deploy holds the lock (not in check mode).
+    (and audited) when no other deploy holds the lock, or O(break_lock=true) (not in check mode).
   - O(action=run) takes the lock, reconciles, moves the service to O(release) (O(mode=deploy)),
     to the release before the live one (O(mode=rollback)) or restarts the live release on the other
     slot (O(mode=restart)), releases the lock and appends the audit line. Nothing reloads nginx.
@@ -137,7 +137,8 @@ def main() -> None:
 
         spec = spec_of(p)
         if p["action"] == "plan":
-            planned = engine.plan(spec, p["deploy_id"], p["owner"], module.check_mode)
+            planned = engine.plan(spec, p["deploy_id"], p["owner"], module.check_mode, p["break_lock"],
+                                  p["audit_log"], p["hostname"])
             module.exit_json(changed=bool(planned["reconciled"]), **planned)
 
         if module.check_mode:

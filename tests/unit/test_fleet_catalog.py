@@ -104,7 +104,7 @@ def test_defaults_are_filled_in() -> None:
     svc = fleet_validated_catalog(services, GROUPS)["api"]
     assert svc["description"] == "api (fleet service)"
     assert svc["health"] == {"path": "/health", "status": 200, "body": "", "timeout": 60,
-                             "interval": 0.5, "start_grace": 0}
+                             "interval": 0.1, "start_grace": 0}
     assert svc["release"]["keep"] == 5
     assert svc["environment"] == {}
     assert svc["nginx"] == {"server_names": ["api.test"], "location": "/"}

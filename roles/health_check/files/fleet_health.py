@@ -62,6 +62,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The deploy state has one owner, the slot engine's state module, which the slot_engine role
+# installs on every host that runs services (the unit tests put it on the path themselves).
+sys.path.insert(1, os.environ.get("FLEET_SLOTS_LIB", "/usr/local/lib/fleet"))
+from fleet_slots import state as deploy_state
+
 VERSION = "1.0"
 OK, WARN, CRITICAL, UNKNOWN = "ok", "warn", "critical", "unknown"
 EXIT_CODES = {OK: 0, WARN: 1, CRITICAL: 2, UNKNOWN: 3}
@@ -519,21 +524,17 @@ def judge_response(result: HttpResult, expect_status: int, expect_body: str, htt
 
 def read_live_port(state_dir: str, service: ServiceSpec) -> tuple[int | None, str]:
     """The live slot from the deploy state file, or None and why not."""
-    path = Path(state_dir) / f"{service.name}.json"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        current = deploy_state.load(service.name, state_dir)
+    except deploy_state.StateError as exc:
+        return None, f"unreadable deploy state: {exc}"
+    path = deploy_state.path_of(service.name, state_dir)
+    if current is None:
         return None, f"no deploy state at {path}: the live slot is unknown"
-    except (OSError, ValueError) as exc:
-        return None, f"unreadable deploy state {path}: {exc}"
-    port = state.get("live_port") if isinstance(state, dict) else None
-    if isinstance(port, str) and port.isdigit():
-        port = int(port)
-    if not _is_int(port):
-        return None, f"deploy state {path} has no integer live_port"
-    if service.slots and port not in service.slots:
-        return None, f"deploy state {path} says live_port {port}, not a slot of {service.name} {service.slots}"
-    return port, ""
+    if service.slots and current.live_port not in service.slots:
+        return None, (f"deploy state {path} says live_port {current.live_port}, "
+                      f"not a slot of {service.name} {service.slots}")
+    return current.live_port, ""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from . import nginx, state
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         if not states:
             print(f"fleet-slot: no deploy state for {args.service} in {args.state_dir}", file=sys.stderr)
             return 2
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, current in states.items():
         if isinstance(current, state.StateError):
             rows[name] = {"error": str(current)}

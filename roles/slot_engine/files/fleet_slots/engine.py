@@ -97,8 +97,8 @@ class Clock:
 def load(spec: Spec) -> State:
     current = state.load(spec.service, spec.state_dir)
     if current is None:
-        raise Failed("preflight", f"{spec.service} has no deploy state ({state.path_of(spec.service, spec.state_dir)}): "
-                                  "run site.yml on this host first")
+        where = state.path_of(spec.service, spec.state_dir)
+        raise Failed("preflight", f"{spec.service} has no deploy state ({where}): run site.yml on this host first")
     return current
 
 
@@ -336,18 +336,28 @@ def _healthy(spec: Spec, port: int, timeout: float = 2.0) -> bool:
 
 
 # -- entry points (the Ansible module and the CLI call these) ----------------------------------
-def plan(spec: Spec, deploy_id: str, owner: str, check: bool) -> dict[str, Any]:
-    """Read-mostly: the state, the lock, and a pending move reconciled when the lock is free."""
+def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool = False,
+         audit_log: str | None = None, hostname: str = "") -> dict[str, Any]:
+    """Read-mostly: the state and the lock. A move a killed run left pending is reconciled (and
+    audited) when the lock is free, or held by another deploy and `break_lock` is given."""
     held = lock.read(spec.service, spec.lock_dir)
     held_by_other = held is not None and held.get("deploy_id") != deploy_id
     current = load(spec)
     reconciled = ""
-    if current.pending is not None and not held_by_other and not check:
-        lock.acquire(spec.service, deploy_id, owner, 600, lock_dir=spec.lock_dir)
+    move_ = current.pending
+    if move_ is not None and not check and (break_lock or not held_by_other):
+        started = time.time()
+        broken = lock.acquire(spec.service, deploy_id, owner, 600, break_lock, spec.lock_dir)
         try:
             reconciled = reconcile(spec, current)
         finally:
             lock.release(spec.service, deploy_id, spec.lock_dir)
+        held_by_other = False
+        if audit_log:
+            write_audit(audit_log, Outcome("ok", reconciled, "reconcile", move_.from_port, move_.to_port,
+                                           move_.from_release, move_.to_release, broke_lock=broken,
+                                           reconciled=reconciled),
+                        spec.service, "reconcile", deploy_id, owner, hostname, started)
     return {"state": current.to_dict(), "held_by_other": held_by_other, "lock": held or {},
             "lock_msg": lock.describe(held) if held else "free", "reconciled": reconciled}
 

@@ -43,10 +43,24 @@ def read(service: str, lock_dir: str = LOCK_DIR) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"deploy_id": "?", "owner": "unknown", "expires_epoch": 0}
 
 
+def alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def describe(lock: dict[str, Any]) -> str:
     stale = f" (stale: expired {lock.get('expires', '?')})" if lock.get("expires_epoch", 0) < time.time() else ""
+    dead = (f"; its process {lock['pid']} no longer runs here, so that deploy died"
+            if "pid" in lock and not alive(lock["pid"]) else "")
     return (f"held by {lock.get('owner', 'unknown')} since {lock.get('started', '?')} "
-            f"(deploy {lock.get('deploy_id', '?')}, expires {lock.get('expires', '?')}){stale}")
+            f"(deploy {lock.get('deploy_id', '?')}, expires {lock.get('expires', '?')}){stale}{dead}")
 
 
 def acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bool = False,
