@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -115,7 +116,7 @@ class PlaybookRun:
     seconds: float  # wall clock of the ansible-playbook command
     returncode: int
     log: str  # where its output is
-    rolling: bool = True  # a plain 3-host rolling move (counted in the rolling deploy times)
+    rolling: bool = True  # a plain rolling move across every host, ok (counted in the rolling deploy times)
 
 
 @dataclass
@@ -190,16 +191,15 @@ class Run:
     # -- the phases ----------------------------------------------------------------------------
     def floors(self) -> dict[str, float]:
         """Per host: seconds for the live release to get healthy on the idle slot, on its own."""
-        port = int(yaml.safe_load(CATALOG.read_text())["fleet_services"][self.service]["port"])
-        health = yaml.safe_load(CATALOG.read_text())["fleet_services"][self.service].get("health", {})
+        entry = yaml.safe_load(CATALOG.read_text())["fleet_services"][self.service]
+        port, health_path = int(entry["port"]), entry.get("health", {}).get("path", "/health")
         healthy = {}
         for host in sorted(self.lab.hosts):
             current = self.state(host)
             live = current["live_port"]
             idle = port + 1000 if live == port else port
             release = current["slots"][str(live)]["release"]
-            command = shlex.join(["python3", "-c", FLOOR_SCRIPT, self.service, str(idle), release,
-                                  health.get("path", "/health")])
+            command = shlex.join(["python3", "-c", FLOOR_SCRIPT, self.service, str(idle), release, health_path])
             healthy[host] = float(self.lab.ssh(host, command).stdout.strip())
             self.say(f"{host}: {release} healthy on slot {idle} after {healthy[host]:.3f}s")
         return healthy
@@ -466,7 +466,7 @@ def plot(path: Path, samples: list[Sample], windows: list[Window], switches: dic
         for t in host_points:
             ax_lat.axvline(t, color="grey", linewidth=0.6, linestyle="--", zorder=1)
             ax_err.axvline(t, color="grey", linewidth=0.6, linestyle="--", zorder=1)
-    ax_lat.legend(loc="upper right", markerscale=6, fontsize=8, title="client")
+    ax_lat.legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), markerscale=6, fontsize=8, title="client")
     if ax_err.get_legend_handles_labels()[0]:
         ax_err.legend(loc="upper left", fontsize=8)
     ax_lat.set_title("hot deploys, rollback, interrupted deploy, naive restart: latency per request, "
@@ -492,6 +492,7 @@ def main() -> int:
     args = parser.parse_args()
 
     lab = Lab(args.inventory.resolve())
+    shutil.rmtree(args.out / "logs", ignore_errors=True)  # the playbook logs of an earlier run
     targets = [Target(host, address, f"{args.service}.fleet.test") for host, address in sorted(lab.hosts.items())]
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load = LoadGenerator(targets, args.rate)

@@ -14,6 +14,8 @@ description:
   - O(action=init) records the first state of a service (live on O(port) with O(release)) when it has none.
   - O(action=plan) reads the state and the lock; a move a killed run left pending is reconciled
     (and audited) when no other deploy holds the lock, or O(break_lock=true) (not in check mode).
+  - O(action=run) also removes all but the newest C(release.keep) releases after a move, never one
+    a slot points at or the rollback target.
   - O(action=run) takes the lock, reconciles, moves the service to O(release) (O(mode=deploy)),
     to the release before the live one (O(mode=rollback)) or restarts the live release on the other
     slot (O(mode=restart)), releases the lock and appends the audit line. Nothing reloads nginx.
@@ -22,7 +24,8 @@ options:
   action: {type: str, required: true, choices: [init, plan, run, status], description: What to do.}
   service: {type: dict, description: The service's entry of the validated catalog (fleet_catalog).}
   port: {type: int, description: With O(action=init), the slot to start on.}
-  release: {type: str, description: The release to start on (init) or move to (run, mode=deploy).}
+  release: {type: str, description: "The release to start on (init), to move to (run, mode=deploy), or whose
+      presence on the host to report (plan: RV(staged))."}
   mode: {type: str, default: deploy, choices: [deploy, rollback, restart], description: The kind of move.}
   deploy_id: {type: str, default: "", description: Identifies this run (lock, journal, audit).}
   owner: {type: str, default: "", description: Who runs it (user@controller).}
@@ -59,6 +62,7 @@ phase: {type: str, description: The phase that failed (or ran last).}
 durations: {type: dict, description: Seconds per phase (start, health_gate, switch, verify, record, drain).}
 reconciled: {type: str, description: An interrupted move found and what was done about it.}
 state: {type: dict, description: The service's deploy state after the call.}
+staged: {type: bool, description: "plan: whether O(release) is unpacked on the host."}
 """
 
 from dataclasses import asdict
@@ -80,6 +84,7 @@ def spec_of(p: dict) -> engine.Spec:
         drain_timeout=float(p["drain_timeout"] or svc["drain_timeout"]),
         verify_url="http://127.0.0.1" + ("" if svc["nginx"]["server_names"] else location) + health["path"],
         verify_host=(svc["nginx"]["server_names"] or [None])[0], verify_timeout=p["verify_timeout"],
+        keep=int(svc["release"]["keep"]),
         service_root=p["service_root"], state_dir=p["state_dir"], lock_dir=p["lock_dir"],
         control_socket=p["control_socket"],
     )
@@ -138,7 +143,7 @@ def main() -> None:
         spec = spec_of(p)
         if p["action"] == "plan":
             planned = engine.plan(spec, p["deploy_id"], p["owner"], module.check_mode, p["break_lock"],
-                                  p["audit_log"], p["hostname"])
+                                  p["audit_log"], p["hostname"], p["release"])
             module.exit_json(changed=bool(planned["reconciled"]), **planned)
 
         if module.check_mode:

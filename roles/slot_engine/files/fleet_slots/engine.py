@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -43,6 +44,7 @@ class Spec:
     verify_url: str = "http://127.0.0.1/health"  # the health path through nginx
     verify_host: str | None = None
     verify_timeout: float = 15.0
+    keep: int = 5  # releases kept on the host (never the live one, a slot's or the rollback target)
     service_root: str = "/opt/fleet"
     state_dir: str = state.STATE_DIR
     lock_dir: str = lock.LOCK_DIR
@@ -53,6 +55,10 @@ class Spec:
 
     def release_dir(self, release: str) -> Path:
         return Path(self.service_root) / self.service / "releases" / release
+
+    def staged(self, release: str) -> bool:
+        """A release is in place once its unpack finished (it writes .fleet-release last)."""
+        return (self.release_dir(release) / ".fleet-release").exists()
 
 
 class Failed(RuntimeError):
@@ -190,7 +196,7 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
                       to_release)
     old_unit = host.unit_of(spec.service, from_port)
     try:
-        if not (spec.release_dir(to_release) / ".fleet-release").exists():
+        if not spec.staged(to_release):
             raise Failed("preflight", f"release {to_release} is not staged in {spec.release_dir(to_release)}")
         idle = preflight(spec, current)
         new_unit = host.unit_of(spec.service, idle)
@@ -235,6 +241,7 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         current.finish()
         state.save(current, spec.state_dir)
         clock.lap("drain")
+        prune(spec, current)
     except (Failed, nginx.NginxControlError, RuntimeError, OSError) as err:
         phase = err.phase if isinstance(err, Failed) else outcome.phase
         outcome.phase = phase
@@ -253,6 +260,17 @@ def drain(spec: Spec, unit: str, halt_after: str | None = None) -> None:
     _halt("drain", halt_after, spec.service)
     if not host.wait_inactive(unit, spec.drain_timeout + 5):
         raise Failed("drain", f"{unit} did not stop within {spec.drain_timeout + 5:g}s")
+
+
+def prune(spec: Spec, current: State) -> list[str]:
+    """Remove all but the newest `keep` releases; never one a slot points at or the rollback target."""
+    protected = {str(slot["release"]) for slot in current.slots.values()} | set(current.history[-2:])
+    releases = sorted((p for p in spec.release_dir("").iterdir() if p.is_dir()),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = [p for p in releases[spec.keep:] if p.name not in protected]
+    for path in removed:
+        shutil.rmtree(path)
+    return [p.name for p in removed]
 
 
 def undo(spec: Spec, current: State, phase: str) -> str:
@@ -337,7 +355,7 @@ def _healthy(spec: Spec, port: int, timeout: float = 2.0) -> bool:
 
 # -- entry points (the Ansible module and the CLI call these) ----------------------------------
 def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool = False,
-         audit_log: str | None = None, hostname: str = "") -> dict[str, Any]:
+         audit_log: str | None = None, hostname: str = "", release: str | None = None) -> dict[str, Any]:
     """Read-mostly: the state and the lock. A move a killed run left pending is reconciled (and
     audited) when the lock is free, or held by another deploy and `break_lock` is given."""
     held = lock.read(spec.service, spec.lock_dir)
@@ -359,7 +377,8 @@ def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool =
                                            reconciled=reconciled),
                         spec.service, "reconcile", deploy_id, owner, hostname, started)
     return {"state": current.to_dict(), "held_by_other": held_by_other, "lock": held or {},
-            "lock_msg": lock.describe(held) if held else "free", "reconciled": reconciled}
+            "lock_msg": lock.describe(held) if held else "free", "reconciled": reconciled,
+            "staged": bool(release) and spec.staged(str(release))}
 
 
 def run(spec: Spec, *, mode: str, release: str | None, deploy_id: str, owner: str, hostname: str,
