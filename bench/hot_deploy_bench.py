@@ -266,12 +266,6 @@ class Run:
         resumed = self.playbook("interrupted", "hot_deploy.yml", "-e", f"version={release}", release=release,
                                 rolling=False)
         self.interrupted["resume_returncode"] = resumed.returncode
-        if resumed.returncode != 0:
-            # Finish the phase so that the rest of the bench runs on a known state; the failure
-            # of the plain resume stays recorded as a problem.
-            self.say("the plain resume failed: running it again with -e break_lock=true")
-            self.playbook("interrupted", "hot_deploy.yml", "-e", f"version={release}", "-e", "break_lock=true",
-                          release=release, rolling=False)
         self.interrupted["check"] = self.check_settled(release)
 
     def check_settled(self, release: str) -> dict[str, dict[str, Any]]:

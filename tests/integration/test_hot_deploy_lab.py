@@ -129,7 +129,7 @@ def test_a_switch_reloads_nothing_and_keeps_idle_connections(lab: Lab):
     """The switch is one value in nginx's slot table: no reload (same master and workers, so a
     broken file on disk does not matter), and an idle keep-alive client connection is still
     usable afterwards, on the new slot."""
-    host, service = "fleet-lab-3", "infrastructure"
+    host, service = "fleet-lab-3", "main-api"
     before = state(lab, host, service)
     target = "1.1.0" if before["slots"][str(before["live_port"])]["release"] != "1.1.0" else "1.2.0"
     processes = nginx_processes(lab, host)
@@ -286,7 +286,7 @@ JOURNAL = {
 
 def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_drop(lab: Lab, tmp_path):
     """Kill the controller (and the engine on the host) right after each phase of a move; the next
-    run, as the lock message says (-e break_lock=true), reconciles it: clients that reuse
+    plain run takes over the dead deploy's lock and reconciles the move: clients that reuse
     keep-alive connections without checking see no failure, and state, nginx and units agree."""
     host, service = "fleet-lab-1", "zapier-mcp"
     slots = (8090, 9090)
@@ -296,6 +296,7 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
         for phase in ("start", "switch", "record", "drain"):
             before = state(lab, host, service)
             release = other_release(before["slots"][str(before["live_port"])]["release"])
+            reconciled_before = sum(1 for r in audit(lab, host) if r["mode"] == "reconcile")
             log = (tmp_path / f"{phase}.log").open("w")
             controller = subprocess.Popen(
                 ["ansible-playbook", "hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
@@ -311,18 +312,41 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
             controller.wait()
             lab.ssh(host, f"read pid point < {marker}; kill -9 $pid; rm -f {marker}")
             assert state(lab, host, service)["pending"] is not None
-            refused = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
-                                   "--limit", host, check=False)
-            assert refused.returncode != 0 and "no longer runs here, so that deploy died" in flat(refused.stdout)
             resumed = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
-                                   "--limit", host, "-e", "break_lock=true")
+                                   "--limit", host)
             journaled, outcome = JOURNAL[phase]
             assert f"interrupted after its {journaled} phase" in flat(resumed.stdout), phase
             assert outcome in flat(resumed.stdout), phase
             now = state(lab, host, service)
             assert now["slots"][str(now["live_port"])]["release"] == release, (phase, now)
             units_agree_with_state(lab, host, service, slots)
+            reconciles = [r for r in audit(lab, host) if r["mode"] == "reconcile"]
+            assert len(reconciles) == reconciled_before + 1 and reconciles[-1]["broke_lock"]["pid"], reconciles
     finally:
         samples = load.stop()
     print(f"killed at each phase boundary under load: {summarize(samples)}")
     assert failures(samples) == [], failures(samples)[:10]
+
+
+def test_a_stray_process_on_the_idle_port_is_refused_by_name(lab: Lab):
+    """Something else listening on the idle slot's port would pass a health check by port alone:
+    the deploy refuses before starting anything, naming the process, and traffic stays."""
+    host, service = "fleet-lab-3", "personas-api"
+    before = state(lab, host, service)
+    idle = 9000 if before["live_port"] == 8000 else 8000
+    lab.ssh(host, f"systemd-run --unit fleet-test-stray python3 -m http.server --bind 127.0.0.1 {idle}")
+    try:
+        deadline = time.monotonic() + 20
+        while lab.ssh(host, f"ss -Hltn 'sport = :{idle}' | grep -q LISTEN", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the stray process never listened"
+            time.sleep(0.2)
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.1.0", "--limit", host,
+                              check=False)
+    finally:
+        lab.ssh(host, "systemctl stop fleet-test-stray", check=False)
+    assert result.returncode != 0
+    message = flat(result.stdout)
+    assert f"in the preflight step: port {idle}, the idle slot of {service}, is held by PID" in message
+    assert "python3 -m http.server" in message and "fleet-test-stray.service" in message
+    assert state(lab, host, service) == before
+    assert served(lab, host, service)["port"] == before["live_port"]

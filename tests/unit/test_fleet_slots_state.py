@@ -159,3 +159,14 @@ def test_the_lock_says_when_it_is_stale_and_its_process_died(tmp_path: Path):
     assert "stale" in text and "no longer runs here" in text
     alive = {**dead, "expires_epoch": 2 ** 40, "pid": os.getpid()}
     assert "stale" not in lock.describe(alive) and "no longer" not in lock.describe(alive)
+    assert not lock.held_by_other(dead, "d2") and lock.held_by_other(alive, "d2")
+
+
+def test_a_lock_whose_process_died_is_taken_over_and_reported(tmp_path: Path):
+    dead = {"deploy_id": "old", "owner": "carol@ci", "pid": 2 ** 22 + 7, "expires_epoch": 2 ** 40}
+    (tmp_path / "main-api.lock").write_text(json.dumps(dead))
+    assert lock.acquire("main-api", "d2", "bob@ci", 60, lock_dir=str(tmp_path)) == dead
+    without_pid = {"deploy_id": "d2", "owner": "bob@ci", "expires_epoch": 1}  # unknown holder: refused
+    (tmp_path / "main-api.lock").write_text(json.dumps(without_pid))
+    with pytest.raises(lock.LockHeld):
+        lock.acquire("main-api", "d3", "dan@ci", 60, lock_dir=str(tmp_path))

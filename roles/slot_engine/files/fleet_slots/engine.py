@@ -357,9 +357,9 @@ def _healthy(spec: Spec, port: int, timeout: float = 2.0) -> bool:
 def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool = False,
          audit_log: str | None = None, hostname: str = "", release: str | None = None) -> dict[str, Any]:
     """Read-mostly: the state and the lock. A move a killed run left pending is reconciled (and
-    audited) when the lock is free, or held by another deploy and `break_lock` is given."""
+    audited) when the lock is free or its holder died, or when `break_lock` is given."""
     held = lock.read(spec.service, spec.lock_dir)
-    held_by_other = held is not None and held.get("deploy_id") != deploy_id
+    held_by_other = lock.held_by_other(held, deploy_id)
     current = load(spec)
     reconciled = ""
     move_ = current.pending

@@ -4,6 +4,10 @@ It holds the deploy id, its owner, when it started and when it expires. An expir
 stale but still refused: only an explicit break takes it, and the broken lock is returned so the
 deploy can record it. Breaking a lock never touches the slots: the engine reconciles the broken
 deploy's journal, which never stops the slot nginx serves.
+
+The lock is only held inside one call of the engine on this host, by the process whose pid it
+records. A lock whose process no longer runs here was left by a deploy that died (the controller
+killed mid-move, a crash): it is taken over without being asked, and reported as broken.
 """
 
 from __future__ import annotations
@@ -55,24 +59,34 @@ def alive(pid: Any) -> bool:
     return True
 
 
+def orphaned(lock: dict[str, Any]) -> bool:
+    """The lock's holder died: it recorded a pid that no longer runs on this host."""
+    return "pid" in lock and not alive(lock["pid"])
+
+
+def held_by_other(lock: dict[str, Any] | None, deploy_id: str) -> bool:
+    """A live holder other than `deploy_id` has the lock."""
+    return lock is not None and lock.get("deploy_id") != deploy_id and not orphaned(lock)
+
+
 def describe(lock: dict[str, Any]) -> str:
     stale = f" (stale: expired {lock.get('expires', '?')})" if lock.get("expires_epoch", 0) < time.time() else ""
-    dead = (f"; its process {lock['pid']} no longer runs here, so that deploy died"
-            if "pid" in lock and not alive(lock["pid"]) else "")
+    dead = f"; its process {lock['pid']} no longer runs here, so that deploy died" if orphaned(lock) else ""
     return (f"held by {lock.get('owner', 'unknown')} since {lock.get('started', '?')} "
             f"(deploy {lock.get('deploy_id', '?')}, expires {lock.get('expires', '?')}){stale}{dead}")
 
 
 def acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bool = False,
             lock_dir: str = LOCK_DIR) -> dict[str, Any]:
-    """Take the lock; returns the lock it broke ({} if none). LockHeld when another deploy holds it."""
+    """Take the lock; returns the lock it broke ({} if none): one whose holder died, or any with
+    `break_lock`. LockHeld when another live deploy holds it."""
     current = read(service, lock_dir)
     if current is not None and current.get("deploy_id") == deploy_id:
         return {}
     broken: dict[str, Any] = {}
     path = path_of(service, lock_dir)
     if current is not None:
-        if not break_lock:
+        if not break_lock and not orphaned(current):
             raise LockHeld(service, current)
         broken = current
         path.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ engine, the Ansible module, the local fact, the health checker, the benchmark) g
       "service": "main-api",
       "live_port": 9010,                       # the slot nginx routes to
       "slots": {"8010": {"release": "1.0.0", "since": "..."}, "9010": {...}},
-      "history": ["1.0.0", "1.1.0"],           # releases that were live, oldest first
+      "history": ["1.0.0", "1.1.0"],           # releases that were live, oldest first (last 10)
       "last_good_release": "1.0.0",            # history[-2]: what a rollback returns to
       "bad_releases": ["9.9.9"],               # failed their health gate here
       "last_deploy": "main-api-2026...",       # deploy id of the last completed move
@@ -35,6 +35,8 @@ STATE_DIR = "/var/lib/fleet/state"
 
 # The phases of a move, in order. A move interrupted before "switched" never moved traffic.
 PHASES = ("started", "healthy", "switched", "recorded", "draining")
+# Live releases remembered, oldest first: enough to roll back step by step, bounded.
+HISTORY_KEEP = 10
 MODES = ("deploy", "rollback", "restart")
 
 
@@ -156,7 +158,7 @@ class State:
         if move.mode == "rollback" and self.history[-2:-1] == [move.to_release]:
             self.history = self.history[:-1]
         elif move.mode != "restart" or self.history[-1:] != [move.to_release]:
-            self.history = [*self.history, move.to_release]
+            self.history = [*self.history, move.to_release][-HISTORY_KEEP:]
         self.live_port = move.to_port
         self.slots[str(move.to_port)] = {"release": move.to_release, "since": now_iso()}
         self.last_good_release = self.rollback_target()
