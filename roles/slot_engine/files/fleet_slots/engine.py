@@ -241,7 +241,6 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         current.finish()
         state.save(current, spec.state_dir)
         clock.lap("drain")
-        prune(spec, current)
     except (Failed, nginx.NginxControlError, RuntimeError, OSError) as err:
         phase = err.phase if isinstance(err, Failed) else outcome.phase
         outcome.phase = phase
@@ -250,6 +249,10 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         return outcome
     outcome.result, outcome.durations = "ok", clock.durations
     outcome.message = f"{spec.service} {from_release} -> {to_release} now live on slot {outcome.to_port}"
+    try:
+        prune(spec, current)
+    except OSError as err:  # housekeeping: the move itself succeeded
+        outcome.message += f"; removing old releases failed: {err}"
     return outcome
 
 
