@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 PY_SOURCES := filter_plugins callback_plugins library roles/slot_engine/files roles/backup/files roles/ufw/filter_plugins roles/health_check/files lab services tools bench tests molecule awx
 
-.PHONY: lab lab-up lab-down deps venv releases test unit lint molecule integration bench clean
+.PHONY: lab lab-up lab-down deps venv releases test checks unit lint molecule integration bench clean
 
 ## lab: set everything up, start the 3-host lab fleet and converge it with site.yml
 lab: deps lab-up releases
@@ -14,10 +14,15 @@ lab: deps lab-up releases
 
 ## test: set everything up and run every test (unit, lint, molecule, lab integration)
 # The molecule scenarios and the lab integration tests use separate guests, so they run side by
-# side: most of their time is spent waiting on guests, not on the two cores.
-test: deps unit lint
+# side, and the unit tests and lint beside them: most of the guests' time is spent waiting on
+# guests, not on the two cores.
+test: deps
 	python3 -m lab build
-	$(MAKE) --no-print-directory -j2 molecule integration
+	$(MAKE) --no-print-directory -j3 checks molecule integration
+
+# Unit tests, then lint; their output labelled like the others'.
+checks: venv
+	$(MAKE) --no-print-directory unit lint 2>&1 | sed -u 's/^/[checks] /'
 
 deps: venv
 	scripts/install-host-deps.sh
