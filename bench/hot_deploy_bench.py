@@ -147,7 +147,8 @@ class Run:
 
     # -- the lab -------------------------------------------------------------------------------
     def state(self, host: str) -> dict[str, Any]:
-        return dict(json.loads(self.lab.ssh(host, f"cat /var/lib/fleet/state/{self.service}.json").stdout))
+        """The service's deploy state on `host`, read through the slot engine's state module."""
+        return dict(json.loads(self.lab.ssh(host, f"fleet-slot state {self.service}").stdout))
 
     def live_releases(self) -> set[str]:
         releases = set()

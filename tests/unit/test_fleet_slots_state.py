@@ -170,3 +170,16 @@ def test_a_lock_whose_process_died_is_taken_over_and_reported(tmp_path: Path):
     (tmp_path / "main-api.lock").write_text(json.dumps(without_pid))
     with pytest.raises(lock.LockHeld):
         lock.acquire("main-api", "d3", "dan@ci", 60, lock_dir=str(tmp_path))
+
+
+def test_the_command_prints_a_state_and_says_when_nginx_cannot_be_asked(tmp_path: Path, capsys):
+    from fleet_slots.__main__ import main
+
+    state.save(deployed(fresh(), "1.1.0"), str(tmp_path))
+    args = ["--state-dir", str(tmp_path), "--control-socket", str(tmp_path / "none.sock")]
+    assert main([*args, "state", "main-api"]) == 0
+    assert json.loads(capsys.readouterr().out)["live_port"] == 9010
+    assert main([*args, "state", "nope"]) == 2 and "no deploy state for nope" in capsys.readouterr().err
+    assert main([*args, "status"]) == 1  # nginx's routes unknown: state and nginx cannot be shown to agree
+    out = capsys.readouterr().out
+    assert "nginx control socket" in out and "main-api" in out and "slot 9010" in out and "1.1.0" in out

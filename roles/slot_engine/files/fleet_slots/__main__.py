@@ -1,4 +1,5 @@
-"""fleet-slot status [SERVICE]: the deploy state and nginx's route of each service on this host."""
+"""fleet-slot status [SERVICE]: the deploy state and nginx's route of each service on this host.
+fleet-slot state SERVICE: one service's whole deploy state, as JSON, read through the state module."""
 
 from __future__ import annotations
 
@@ -14,10 +15,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleet-slot", description=__doc__)
     parser.add_argument("--state-dir", default=state.STATE_DIR)
     parser.add_argument("--control-socket", default=nginx.CONTROL_SOCKET)
-    parser.add_argument("command", choices=["status"])
+    parser.add_argument("command", choices=["status", "state"])
     parser.add_argument("service", nargs="?")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args(argv)
+    if args.command == "state":
+        if not args.service:
+            parser.error("state needs a SERVICE")
+        try:
+            found = state.load(args.service, args.state_dir)
+        except state.StateError as err:
+            print(f"fleet-slot: {err}", file=sys.stderr)
+            return 2
+        if found is None:
+            print(f"fleet-slot: no deploy state for {args.service} in {args.state_dir}", file=sys.stderr)
+            return 2
+        print(json.dumps(found.to_dict(), indent=2))
+        return 0
     try:
         routes: dict[str, int] | str = nginx.routes(args.control_socket)
     except nginx.NginxControlError as err:
