@@ -171,19 +171,22 @@ def test_a_held_lock_refuses_a_second_deploy_and_breaks_only_on_purpose(lab: Lab
 
 
 def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab, tmp_path):
+    """The first deploy's engine is frozen right after it started the new slot (the drill), so it
+    holds the lock for as long as the test needs; once thawed it finishes on its own."""
     host, service = "fleet-lab-3", "zapier-mcp"
-    # 3.0.0-slow takes 5 s to start, so the first deploy holds the lock long enough.
+    marker = f"/run/fleet-slots/{service}.halted"
     log = (tmp_path / "first.log").open("w")
     first = start_playbook(log, "hot_deploy.yml", "-e", f"service={service}", "-e", "version=3.0.0-slow",
-                           "--limit", host)
+                           "-e", "drill_halt_after=start", "--limit", host)
     try:
         deadline = time.monotonic() + 120
-        while lab.ssh(host, f"test -e /var/lib/fleet/locks/{service}.lock", check=False).returncode != 0:
-            assert time.monotonic() < deadline and first.poll() is None, "first deploy never took the lock"
+        while lab.ssh(host, f"test -e {marker}", check=False).returncode != 0:
+            assert time.monotonic() < deadline and first.poll() is None, "first deploy never reached its start"
             time.sleep(0.3)
         second = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0", "--limit", host,
                               check=False)
     finally:
+        lab.ssh(host, f"read pid point < {marker}; rm -f {marker}; kill -CONT $pid", check=False)
         first.wait(timeout=300)
     assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     assert second.returncode != 0
