@@ -121,13 +121,14 @@ def main() -> None:
     p = module.params
 
     if p["action"] == "status":
+        routes_error = ""
         try:
             routes = nginx.routes(p["control_socket"])
         except nginx.NginxControlError as err:
-            routes, p["routes_error"] = {}, str(err)
+            routes, routes_error = {}, str(err)
         states = {k: (v.to_dict() if isinstance(v, state.State) else {"error": str(v)})
                   for k, v in state.load_all(p["state_dir"]).items()}
-        module.exit_json(changed=False, states=states, routes=routes, routes_error=p.get("routes_error", ""))
+        module.exit_json(changed=False, states=states, routes=routes, routes_error=routes_error)
 
     name = p["service"]["name"]
     try:

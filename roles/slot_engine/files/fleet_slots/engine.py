@@ -56,6 +56,10 @@ class Spec:
     def release_dir(self, release: str) -> Path:
         return Path(self.service_root) / self.service / "releases" / release
 
+    def passes(self, probe: host.Probe) -> bool:
+        """Whether a health answer is the one the catalog expects."""
+        return probe.status == self.health_status and self.health_body in probe.body
+
     def staged(self, release: str) -> bool:
         """A release is in place once its unpack finished (it writes .fleet-release last)."""
         return (self.release_dir(release) / ".fleet-release").exists()
@@ -87,17 +91,13 @@ class Clock:
     """Durations of the phases, in seconds."""
 
     def __init__(self) -> None:
-        self.t0 = self._last = time.monotonic()
+        self._last = time.monotonic()
         self.durations: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
         now = time.monotonic()
         self.durations[name] = round(now - self._last, 3)
         self._last = now
-
-    @property
-    def total(self) -> float:
-        return round(time.monotonic() - self.t0, 3)
 
 
 def load(spec: Spec) -> State:
@@ -121,8 +121,8 @@ def _halt(point: str, halt_after: str | None, service: str) -> None:
 
 
 # -- the checks --------------------------------------------------------------------------------
-def gate(spec: Spec, port: int) -> int:
-    """Poll the slot's health until it passes; Failed with what it saw. Returns the attempts."""
+def gate(spec: Spec, port: int) -> None:
+    """Poll the slot's health until it passes; Failed with what it saw."""
     unit = host.unit_of(spec.service, port)
     url = f"http://127.0.0.1:{port}{spec.health_path}"
     time.sleep(spec.health_start_grace)
@@ -131,7 +131,7 @@ def gate(spec: Spec, port: int) -> int:
     while True:
         attempts += 1
         probe = host.get(url, timeout=min(5.0, spec.health_timeout))
-        if probe.status == spec.health_status and spec.health_body in probe.body:
+        if spec.passes(probe):
             break
         activity = host.unit_active(unit)
         if activity == "failed" or time.monotonic() + spec.health_interval > deadline:
@@ -147,7 +147,6 @@ def gate(spec: Spec, port: int) -> int:
         raise Failed("health gate", (
             f"port {port} answered, but not from {unit} ({host.unit_active(unit)}): listeners "
             + (", ".join(f"PID {p.pid} ({p.command}) in {p.unit or 'no unit'}" for p in owners) or "none")))
-    return attempts
 
 
 def verify(spec: Spec, port: int) -> None:
@@ -156,7 +155,7 @@ def verify(spec: Spec, port: int) -> None:
     deadline = time.monotonic() + spec.verify_timeout
     while True:
         probe = host.get(spec.verify_url, spec.verify_host)
-        if probe.status == spec.health_status and spec.health_body in probe.body and probe.upstream == want:
+        if spec.passes(probe) and probe.upstream == want:
             return
         if time.monotonic() > deadline:
             raise Failed("verify", (
@@ -348,8 +347,7 @@ def reconcile(spec: Spec, current: State) -> str:
 def _healthy(spec: Spec, port: int, timeout: float = 2.0) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        probe = host.get(f"http://127.0.0.1:{port}{spec.health_path}", timeout=2.0)
-        if probe.status == spec.health_status and spec.health_body in probe.body:
+        if spec.passes(host.get(f"http://127.0.0.1:{port}{spec.health_path}", timeout=2.0)):
             return True
         if time.monotonic() > deadline:
             return False
