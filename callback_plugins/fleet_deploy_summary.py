@@ -29,24 +29,35 @@ RESULT_WORDS = {
     "planned": "not started",
     "unreachable": "unreachable (stopped there; check the host)",
 }
+MODE_WORDS = {"deploy": "deployed", "rollback": "rolled back", "restart": "restarted"}
 
 
 def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> list[str]:
     """The table and the closing verdict, from the recorded entries."""
     lines = []
     width = max((len(h) for h in summary), default=4)
-    on_new: list[str] = []
-    on_old: list[str] = []
+    moving = [e for e in summary.values() if e.get("action", "none") != "none"]
+    target = (moving or list(summary.values()) or [{}])[0].get("to_release", "?")
+    on_target: list[str] = []
+    behind: list[str] = []
+    left_alone: list[str] = []
     for host in sorted(summary):
         entry = summary[host]
         result = entry.get("result", "planned")
         if host in unreachable and result == "planned":
             result = "unreachable"
         word = RESULT_WORDS.get(result, result.upper())
-        if result == "ok" and entry.get("mode") == "rollback":
-            word = "rolled back"
-        moved = result in ("ok", "unchanged")
-        (on_new if moved else on_old).append(host)
+        if result == "ok":
+            word = MODE_WORDS.get(entry.get("mode", "deploy"), word)
+        elif result == "unchanged" and entry.get("note"):
+            word = entry["note"]
+        final = entry.get("to_release") if result == "ok" else entry.get("from_release")
+        if final == target:
+            on_target.append(host)
+        elif result == "unchanged":
+            left_alone.append(f"{host} ({final})")
+        else:
+            behind.append(host)
         seconds = f"{entry['seconds']:.1f}s" if isinstance(entry.get("seconds"), (int, float)) else "-"
         move = f"{entry.get('from_release', '?')} (:{entry.get('from_slot', '?')})"
         if result != "unchanged":
@@ -55,9 +66,10 @@ def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> 
         if result == "failed":
             line += f": {entry.get('message', '')}"
         lines.append(line)
-    first = next(iter(summary.values()), {})
-    lines.append(f"on {first.get('to_release', '?')}: {', '.join(on_new) or 'none'}")
-    lines.append(f"still on the previous release: {', '.join(on_old) or 'none'}")
+    lines.append(f"on {target}: {', '.join(on_target) or 'none'}")
+    lines.append(f"still on the previous release: {', '.join(behind) or 'none'}")
+    if left_alone:
+        lines.append(f"left alone (not on the release this run moves from): {', '.join(left_alone)}")
     return lines
 
 

@@ -11,22 +11,30 @@ description:
     installs on every host for the fleet-slot command, the local fact and the health checker): it
     owns the deploy state, the deploy lock, the nginx slot table and the switch transaction. The
     package travels with every call, so the host always runs the controller's version.
-  - O(action=init) records the first state of a service (live on O(port) with O(release)) when it has none.
   - O(action=plan) reads the state and the lock; a move a killed run left pending is reconciled
     (and audited) when no other deploy holds the lock, or O(break_lock=true) (not in check mode).
   - O(action=run) also removes all but the newest C(release.keep) releases after a move, never one
     a slot points at or the rollback target.
   - O(action=run) takes the lock, reconciles, moves the service to O(release) (O(mode=deploy)),
-    to the release before the live one (O(mode=rollback)) or restarts the live release on the other
-    slot (O(mode=restart)), releases the lock and appends the audit line. Nothing reloads nginx.
+    back to O(release) or else to the release before the live one (O(mode=rollback)) or restarts
+    the live release on the other slot (O(mode=restart)), releases the lock and appends the audit
+    line. Nothing reloads nginx.
+  - O(action=converge) is site.yml's call for one service: under the deploy lock (waiting up to
+    O(lock_wait) seconds for a running deploy), it reconciles an interrupted move, starts a service
+    without state on its blue slot with O(release), starts a live slot that is down, and applies a
+    changed configuration (O(env) and the unit file O(unit_file)) to a serving slot only through a
+    C(reconfigure) move to the idle slot when O(allow_move), else returns RV(result=move needed).
   - O(action=status) reports every service's state and nginx's routes; it changes nothing.
 options:
-  action: {type: str, required: true, choices: [init, plan, run, status], description: What to do.}
+  action: {type: str, required: true, choices: [plan, run, converge, status], description: What to do.}
   service: {type: dict, description: The service's entry of the validated catalog (fleet_catalog).}
-  port: {type: int, description: With O(action=init), the slot to start on.}
-  release: {type: str, description: "The release to start on (init), to move to (run, mode=deploy), or whose
-      presence on the host to report (plan: RV(staged))."}
+  release: {type: str, description: "The release to move to (run), to start a service without state on
+      (converge), or whose presence on the host to report (plan: RV(staged))."}
   mode: {type: str, default: deploy, choices: [deploy, rollback, restart], description: The kind of move.}
+  env: {type: str, default: "", description: "converge: the environment file's text (secrets: never logged)."}
+  unit_file: {type: path, description: "converge: the service's template unit; with O(env), the configuration digest."}
+  allow_move: {type: bool, default: false, description: "converge: apply a configuration change through a move."}
+  lock_wait: {type: float, default: 0, description: Seconds to wait for another run's lock before failing.}
   deploy_id: {type: str, default: "", description: Identifies this run (lock, journal, audit).}
   owner: {type: str, default: "", description: Who runs it (user@controller).}
   hostname: {type: str, default: "", description: The inventory name, for the audit line.}
@@ -43,6 +51,8 @@ options:
   state_dir: {type: path, default: /var/lib/fleet/state, description: Deploy state files.}
   lock_dir: {type: path, default: /var/lib/fleet/locks, description: Deploy lock files.}
   control_socket: {type: path, default: /run/fleet-nginx/control.sock, description: nginx's slot table.}
+  config_dir: {type: path, default: /etc/fleet, description: "Per-slot environment files:
+      <config_dir>/<service>/<port>.env."}
 """
 
 EXAMPLES = r"""
@@ -56,7 +66,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-result: {type: str, description: "run: ok, failed or unchanged."}
+result: {type: str, description: "run: ok, failed or unchanged. converge: installed, started, reconfigured,
+    repaired, move needed, unchanged or failed."}
 message: {type: str, description: What happened, or what failed and where traffic is.}
 phase: {type: str, description: The phase that failed (or ran last).}
 durations: {type: dict, description: Seconds per phase (start, health_gate, switch, verify, record, drain).}
@@ -66,6 +77,8 @@ staged: {type: bool, description: "plan: whether O(release) is unpacked on the h
 """
 
 from dataclasses import asdict
+from hashlib import sha256
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fleet_slots import engine, nginx, state
@@ -86,16 +99,21 @@ def spec_of(p: dict) -> engine.Spec:
         verify_host=(svc["nginx"]["server_names"] or [None])[0], verify_timeout=p["verify_timeout"],
         keep=int(svc["release"]["keep"]),
         service_root=p["service_root"], state_dir=p["state_dir"], lock_dir=p["lock_dir"],
-        control_socket=p["control_socket"],
+        control_socket=p["control_socket"], config_dir=p["config_dir"],
     )
+
+
+def config_of(p: dict) -> engine.SlotConfig:
+    """The slot configuration site.yml wants: the environment's text; the digest covers the unit too."""
+    unit = Path(p["unit_file"]).read_bytes() if p["unit_file"] and Path(p["unit_file"]).exists() else b""
+    return engine.SlotConfig(sha256(unit + b"\0" + p["env"].encode()).hexdigest(), p["env"])
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "action": {"type": "str", "required": True, "choices": ["init", "plan", "run", "status"]},
+            "action": {"type": "str", "required": True, "choices": ["plan", "run", "converge", "status"]},
             "service": {"type": "dict"},
-            "port": {"type": "int"},
             "release": {"type": "str"},
             "mode": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback", "restart"]},
             "deploy_id": {"type": "str", "default": ""},
@@ -113,9 +131,15 @@ def main() -> None:
             "state_dir": {"type": "path", "default": "/var/lib/fleet/state"},
             "lock_dir": {"type": "path", "default": "/var/lib/fleet/locks"},
             "control_socket": {"type": "path", "default": "/run/fleet-nginx/control.sock"},
+            "config_dir": {"type": "path", "default": "/etc/fleet"},
+            "env": {"type": "str", "default": "", "no_log": True},
+            "unit_file": {"type": "path"},
+            "allow_move": {"type": "bool", "default": False},
+            "lock_wait": {"type": "float", "default": 0.0},
         },
-        required_if=[("action", "init", ["service", "port", "release"]), ("action", "plan", ["service"]),
-                     ("action", "run", ["service", "deploy_id"])],
+        required_if=[("action", "plan", ["service"]),
+                     ("action", "run", ["service", "deploy_id"]),
+                     ("action", "converge", ["service", "deploy_id", "release"])],
         supports_check_mode=True,
     )
     p = module.params
@@ -132,34 +156,34 @@ def main() -> None:
 
     name = p["service"]["name"]
     try:
-        if p["action"] == "init":
-            current = state.load(name, p["state_dir"])
-            if current is not None:
-                module.exit_json(changed=False, state=current.to_dict())
-            current = state.initial(name, p["port"], p["release"])
-            if not module.check_mode:
-                state.save(current, p["state_dir"])
-            module.exit_json(changed=True, state=current.to_dict())
-
         spec = spec_of(p)
         if p["action"] == "plan":
             planned = engine.plan(spec, p["deploy_id"], p["owner"], module.check_mode, p["break_lock"],
                                   p["audit_log"], p["hostname"], p["release"])
             module.exit_json(changed=bool(planned["reconciled"]), **planned)
 
-        if module.check_mode:
+        if p["action"] == "converge":
+            outcome = engine.converge(
+                spec, release=p["release"], config=config_of(p), deploy_id=p["deploy_id"], owner=p["owner"],
+                hostname=p["hostname"], lock_wait=p["lock_wait"], lock_ttl=p["lock_ttl"], audit_log=p["audit_log"],
+                allow_move=p["allow_move"], check=module.check_mode)
+            changed = outcome.result not in ("unchanged", "move needed", "failed") or bool(outcome.reconciled)
+        elif module.check_mode:
             module.exit_json(changed=False, skipped=True, msg="check mode: nothing moved")
-        outcome = engine.run(
-            spec, mode=p["mode"], release=p["release"], deploy_id=p["deploy_id"], owner=p["owner"],
-            hostname=p["hostname"], lock_ttl=p["lock_ttl"], break_lock=p["break_lock"], audit_log=p["audit_log"],
-            retry_bad_release=p["retry_bad_release"], halt_after=p["halt_after"])
+        else:
+            outcome = engine.run(
+                spec, mode=p["mode"], release=p["release"], deploy_id=p["deploy_id"], owner=p["owner"],
+                hostname=p["hostname"], lock_ttl=p["lock_ttl"], break_lock=p["break_lock"],
+                audit_log=p["audit_log"], retry_bad_release=p["retry_bad_release"], halt_after=p["halt_after"],
+                lock_wait=p["lock_wait"])
+            changed = outcome.result == "ok"
     except (engine.Failed, state.StateError, nginx.NginxControlError) as err:
         module.fail_json(msg=f"{name}: {err}")
     after = state.load(name, p["state_dir"])
     result = {**asdict(outcome), "state": after.to_dict() if after else {}}
     if outcome.result == "failed":
         module.fail_json(msg=outcome.message, **result)
-    module.exit_json(changed=outcome.result == "ok", **result)
+    module.exit_json(changed=changed, **result)
 
 
 if __name__ == "__main__":

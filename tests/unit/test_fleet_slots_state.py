@@ -78,6 +78,36 @@ def test_a_recorded_move_reverts_exactly():
     assert after["slots"]["9010"]["release"] == "1.1.0" and "8010" not in after["slots"]
 
 
+def test_a_reconfigure_records_the_new_config_and_keeps_when_the_release_went_live():
+    current = fresh()
+    current.configure("old")
+    released = current.slots["8010"]["released"]
+    current.begin(Move("d2", "reconfigure", 8010, 9010, "1.0.0", "1.0.0", config="new", from_config="old",
+                       from_released=released, history_before=list(current.history)))
+    for phase in ("healthy", "switched"):
+        current.advance(phase)
+    current.commit()
+    assert (current.live_port, current.live_config, current.history) == (9010, "new", ["1.0.0"])
+    assert current.slots["9010"]["released"] == released
+    current.revert()
+    assert (current.live_port, current.live_config, current.slots["8010"]["released"]) == (8010, "old", released)
+
+
+def test_a_failed_reconfigure_does_not_mark_the_release_bad():
+    current = fresh()
+    current.begin(Move("d2", "reconfigure", 8010, 9010, "1.0.0", "1.0.0", config="new"))
+    current.abandon(bad=True)
+    assert current.bad_releases == [] and current.pending is None and list(current.slots) == ["8010"]
+
+
+def test_the_lock_waits_for_a_holder_that_lets_go(tmp_path: Path):
+    lock.acquire("main-api", "deploy-1", "alice", 60, lock_dir=str(tmp_path))
+    with pytest.raises(lock.LockHeld, match="held by alice"):
+        lock.acquire("main-api", "site-1", "site.yml", 60, lock_dir=str(tmp_path), wait=0.6)
+    lock.release("main-api", "deploy-1", str(tmp_path))
+    assert lock.acquire("main-api", "site-1", "site.yml", 60, lock_dir=str(tmp_path), wait=0.6) == {}
+
+
 def test_transitions_refuse_what_makes_no_sense():
     current = fresh()
     with pytest.raises(StateError, match="no move is pending"):

@@ -3,6 +3,10 @@
     preflight -> start idle slot -> health gate -> journal -> switch -> verify through nginx
               -> record -> boot enablement -> drain and stop the old slot
 
+Each slot has its own environment file (<config_dir>/<service>/<port>.env): the new slot starts
+with the live slot's configuration (deploy, rollback, restart) or with a new one (reconfigure,
+site.yml applying a catalog change), so the serving slot's configuration is never touched.
+
 Every phase is journaled in the state file (state.Move) before the next one changes anything, so
 a run killed at any point leaves a `pending` move that the next run reconciles first: finished
 when nginx already routes to the new slot and it is healthy, otherwise traffic is put back on the
@@ -49,6 +53,10 @@ class Spec:
     state_dir: str = state.STATE_DIR
     lock_dir: str = lock.LOCK_DIR
     control_socket: str = nginx.CONTROL_SOCKET
+    config_dir: str = "/etc/fleet"
+
+    def env_file(self, port: int) -> Path:
+        return Path(self.config_dir) / self.service / f"{port}.env"
 
     def slot_link(self, port: int) -> Path:
         return Path(self.service_root) / self.service / "slots" / str(port)
@@ -63,6 +71,14 @@ class Spec:
     def staged(self, release: str) -> bool:
         """A release is in place once its unpack finished (it writes .fleet-release last)."""
         return (self.release_dir(release) / ".fleet-release").exists()
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    """A slot's configuration: its environment file's text and the digest state records for it."""
+
+    digest: str
+    env: str
 
 
 class Failed(RuntimeError):
@@ -187,8 +203,9 @@ def preflight(spec: Spec, current: State) -> int:
 
 # -- the transaction ---------------------------------------------------------------------------
 def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str, owner: str,
-         halt_after: str | None = None) -> Outcome:
-    """Move the service to `to_release` on the idle slot. The state is saved at every phase."""
+         halt_after: str | None = None, config: SlotConfig | None = None) -> Outcome:
+    """Move the service to `to_release` on the idle slot, with `config` or else the live slot's
+    configuration. The state is saved at every phase."""
     clock = Clock()
     from_port, from_release = current.live_port, current.live_release
     outcome = Outcome("failed", "", "preflight", from_port, current.idle_port(spec.blue_port), from_release,
@@ -202,8 +219,12 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
 
         outcome.phase = "start"
         current.begin(Move(deploy_id, mode, from_port, idle, from_release, to_release, owner=owner,
-                           history_before=list(current.history)))
+                           history_before=list(current.history),
+                           config=config.digest if config else current.live_config,
+                           from_config=current.live_config,
+                           from_released=str(current.slots[str(from_port)].get("released") or "")))
         state.save(current, spec.state_dir)
+        _configure_slot(spec, idle, from_port, config)
         host.point_slot(spec.slot_link(idle), to_release)
         host.start(new_unit)
         clock.lap("start")
@@ -237,8 +258,7 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         current.advance("draining")
         state.save(current, spec.state_dir)
         drain(spec, old_unit, halt_after)
-        current.finish()
-        state.save(current, spec.state_dir)
+        _finish(spec, current)
         clock.lap("drain")
     except (Failed, nginx.NginxControlError, RuntimeError, OSError) as err:
         phase = err.phase if isinstance(err, Failed) else outcome.phase
@@ -253,6 +273,25 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
     except OSError as err:  # housekeeping: the move itself succeeded
         outcome.message += f"; removing old releases failed: {err}"
     return outcome
+
+
+def _configure_slot(spec: Spec, port: int, live_port: int, config: SlotConfig | None) -> None:
+    """Give the slot at `port` its environment file: `config`'s, or a copy of the live slot's."""
+    if config is not None:
+        host.write_private(spec.env_file(port), config.env)
+        return
+    try:
+        host.write_private(spec.env_file(port), spec.env_file(live_port).read_text(encoding="utf-8"))
+    except FileNotFoundError:  # a unit of an older layout reads no per-slot file
+        spec.env_file(port).unlink(missing_ok=True)
+
+
+def _finish(spec: Spec, current: State) -> None:
+    """The old slot is stopped: clear the journal and remove its environment (old secrets)."""
+    old_port = current.pending.from_port if current.pending else 0
+    current.finish()
+    state.save(current, spec.state_dir)
+    spec.env_file(old_port).unlink(missing_ok=True)
 
 
 def drain(spec: Spec, unit: str, halt_after: str | None = None) -> None:
@@ -293,6 +332,7 @@ def undo(spec: Spec, current: State, phase: str) -> str:
     host.systemctl("stop", new_unit, check=False)
     host.systemctl("reset-failed", new_unit, check=False)
     spec.slot_link(move_.to_port).unlink(missing_ok=True)
+    spec.env_file(move_.to_port).unlink(missing_ok=True)
     bad = phase in ("health gate", "verify")
     current.abandon(bad=bad)
     state.save(current, spec.state_dir)
@@ -320,8 +360,7 @@ def reconcile(spec: Spec, current: State) -> str:
         current.advance("draining")
         state.save(current, spec.state_dir)
         drain(spec, old_unit)
-        current.finish()
-        state.save(current, spec.state_dir)
+        _finish(spec, current)
         return f"{found}: slot {move_.to_port} serves and is healthy, so the move was finished and {old_unit} stopped"
     # Traffic goes (back) to the old slot, started again if the drain had stopped it.
     if host.unit_active(old_unit) != "active":
@@ -338,6 +377,7 @@ def reconcile(spec: Spec, current: State) -> str:
     host.enable_at_boot(old_unit, new_unit)
     host.systemctl("stop", new_unit, check=False)
     spec.slot_link(move_.to_port).unlink(missing_ok=True)
+    spec.env_file(move_.to_port).unlink(missing_ok=True)
     current.abandon()
     state.save(current, spec.state_dir)
     return (f"{found}: slot {move_.to_port} {'was not healthy' if routed == move_.to_port else 'never got traffic'}, "
@@ -384,11 +424,12 @@ def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool =
 
 def run(spec: Spec, *, mode: str, release: str | None, deploy_id: str, owner: str, hostname: str,
         lock_ttl: float, break_lock: bool, audit_log: str | None, retry_bad_release: bool = False,
-        halt_after: str | None = None) -> Outcome:
-    """Lock, reconcile, move, unlock, audit: one host's whole deploy, rollback or restart."""
+        halt_after: str | None = None, lock_wait: float = 0) -> Outcome:
+    """Lock, reconcile, move, unlock, audit: one host's whole deploy, rollback or restart. A lock
+    taken meanwhile (site.yml converging the service) is waited for up to `lock_wait` seconds."""
     started = time.time()
     try:
-        broken = lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir)
+        broken = lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir, wait=lock_wait)
     except lock.LockHeld as err:
         return Outcome("failed", f"{err}; refusing to {mode}. If that deploy is dead, run again with "
                                  "-e break_lock=true to break it on purpose.", "lock")
@@ -409,7 +450,9 @@ def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owne
         reconciled = reconcile(spec, current)
     except (Failed, nginx.NginxControlError, state.StateError) as err:
         return Outcome("failed", str(err), getattr(err, "phase", "reconcile"))
-    target = release if mode == "deploy" else current.rollback_target() if mode == "rollback" else current.live_release
+    # A rollback goes to `release` when the run chose it fleet-wide, else to this host's previous one.
+    target = (release if mode == "deploy" else (release or current.rollback_target()) if mode == "rollback"
+              else current.live_release)
     live = Outcome("unchanged", "", "", current.live_port, current.live_port, current.live_release,
                    target or "", reconciled=reconciled)
     if not target:
@@ -428,6 +471,124 @@ def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owne
     outcome = move(spec, current, target, mode, deploy_id, owner, halt_after)
     outcome.reconciled = reconciled
     return outcome
+
+
+def converge(spec: Spec, *, release: str, config: SlotConfig, deploy_id: str, owner: str, hostname: str,
+             lock_wait: float, lock_ttl: float, audit_log: str | None, allow_move: bool, check: bool) -> Outcome:
+    """site.yml's call for one service on this host: bring it to the catalog's configuration
+    without ever restarting a serving slot in place.
+
+    Under the service's deploy lock (a running deploy is waited for, up to `lock_wait` seconds):
+    an interrupted move is reconciled first; a service without state starts `release` on its blue
+    slot ("installed"); a live slot that is down is started in place ("started"); a configuration
+    change of a serving slot goes through a `reconfigure` move to the idle slot ("reconfigured")
+    when `allow_move`, and is otherwise reported ("move needed") for a later, batched call.
+    """
+    if check:
+        return _converge_plan(spec, state.load(spec.service, spec.state_dir), config)
+    started = time.time()
+    try:
+        broken = lock.acquire(spec.service, deploy_id, owner, lock_ttl, False, spec.lock_dir, wait=lock_wait)
+    except lock.LockHeld as err:
+        return Outcome("failed", f"{err}; site.yml waited {lock_wait:g}s for it to be released and changed nothing "
+                                 f"on {spec.service}. Run it again when that deploy has finished.", "lock")
+    try:
+        outcome = _converge_locked(spec, release, config, deploy_id, owner, allow_move)
+        outcome.broke_lock = broken
+    except (Failed, nginx.NginxControlError, state.StateError, RuntimeError, OSError) as err:
+        outcome = Outcome("failed", f"{spec.service}: {err}", getattr(err, "phase", "converge"))
+    finally:
+        lock.release(spec.service, deploy_id, spec.lock_dir)
+    if audit_log and (outcome.result not in ("unchanged", "move needed") or outcome.reconciled):
+        write_audit(audit_log, outcome, spec.service, CONVERGE_MODES.get(outcome.result, "converge"), deploy_id,
+                    owner, hostname, started)
+    return outcome
+
+
+# The audit log's mode for what site.yml did to a service.
+CONVERGE_MODES = {"installed": "install", "started": "start", "reconfigured": "reconfigure", "repaired": "repair"}
+
+
+def _converge_plan(spec: Spec, current: State | None, config: SlotConfig) -> Outcome:
+    """Check mode: what converge would do, changing nothing."""
+    if current is None:
+        return Outcome("installed", f"would start {spec.service} on slot {spec.blue_port}")
+    live = current.live_port
+    todo = Outcome("unchanged", f"{spec.service} {current.live_release} is live on slot {live}", "",
+                   live, live, current.live_release, current.live_release)
+    if current.pending is not None:
+        todo.reconciled = f"would reconcile the interrupted {current.pending.mode} {current.pending.deploy_id}"
+    if host.unit_active(host.unit_of(spec.service, live)) != "active":
+        todo.result, todo.message = "started", f"would start the live slot {live} of {spec.service}, which is down"
+    elif current.live_config != config.digest:
+        todo.result, todo.to_port = "move needed", current.idle_port(spec.blue_port)
+        todo.message = (f"configuration of {spec.service} changed: would move it to slot {todo.to_port} "
+                        "with the new configuration")
+    return todo
+
+
+def _converge_locked(spec: Spec, release: str, config: SlotConfig, deploy_id: str, owner: str,
+                     allow_move: bool) -> Outcome:
+    current = state.load(spec.service, spec.state_dir)
+    if current is None:
+        current = state.initial(spec.service, spec.blue_port, release, config.digest)
+        _start_in_place(spec, current, config)
+        return Outcome("installed", f"{spec.service} {release} started on slot {spec.blue_port}", "start",
+                       0, spec.blue_port, "", release)
+    reconciled = reconcile(spec, current)
+    live, idle = current.live_port, current.idle_port(spec.blue_port)
+    outcome = Outcome("unchanged", f"{spec.service} {current.live_release} is live on slot {live}", "",
+                      live, live, current.live_release, current.live_release, reconciled=reconciled)
+    if host.unit_active(host.unit_of(spec.service, live)) != "active":
+        # Down, so serving nobody: starting it in place (with the catalog's configuration) is the fix.
+        _start_in_place(spec, current, config)
+        outcome.result, outcome.phase = "started", "start"
+        outcome.message = f"the live slot {live} of {spec.service} was down and is started again"
+    elif current.live_config != config.digest:
+        if not allow_move:
+            outcome.result, outcome.to_port = "move needed", idle
+            outcome.message = (f"configuration of {spec.service} changed: it moves to slot {idle} with the new "
+                               "configuration in the batched play that follows")
+            return outcome
+        moved = move(spec, current, current.live_release, "reconfigure", deploy_id, owner, config=config)
+        moved.reconciled = reconciled
+        if moved.result == "ok":
+            moved.result = "reconfigured"
+            moved.message = f"{spec.service} {current.live_release} moved to slot {idle} with its new configuration"
+        return moved
+    elif _ensure_slot(spec, current) | host.write_private(spec.env_file(live), config.env):
+        outcome.result = "repaired"
+        outcome.message += "; its slot link, environment file or boot enablement were put back"
+    return outcome
+
+
+def _ensure_slot(spec: Spec, current: State) -> bool:
+    """The live slot's link points at its release and it alone starts at boot; True if repaired."""
+    live, idle = current.live_port, current.idle_port(spec.blue_port)
+    link = spec.slot_link(live)
+    repaired = False
+    if not link.is_symlink() or os.readlink(link) != f"../releases/{current.live_release}":
+        link.parent.mkdir(parents=True, exist_ok=True)
+        host.point_slot(link, current.live_release)
+        repaired = True
+    unit, idle_unit = host.unit_of(spec.service, live), host.unit_of(spec.service, idle)
+    if not host.enabled(unit) or host.enabled(idle_unit):
+        host.enable_at_boot(unit, idle_unit)
+        repaired = True
+    return repaired
+
+
+def _start_in_place(spec: Spec, current: State, config: SlotConfig) -> None:
+    """Start the live slot, which serves nothing now, with `config`; health-gate it."""
+    if not spec.staged(current.live_release):
+        where = spec.release_dir(current.live_release)
+        raise Failed("start", f"release {current.live_release} is not staged in {where}")
+    host.write_private(spec.env_file(current.live_port), config.env)
+    current.configure(config.digest)
+    state.save(current, spec.state_dir)
+    _ensure_slot(spec, current)
+    host.start(host.unit_of(spec.service, current.live_port))
+    gate(spec, current.live_port)
 
 
 def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id: str, owner: str,

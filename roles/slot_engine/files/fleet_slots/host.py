@@ -111,3 +111,25 @@ def point_slot(slot_link: Path, release: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(f"../releases/{release}", tmp)
     os.replace(tmp, slot_link)
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Write a root-only file (0600, its directory 0700) atomically; False when it already held `text`."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return True
+
+
+def enabled(unit: str) -> bool:
+    return systemctl("is-enabled", unit, check=False).stdout.strip() == "enabled"

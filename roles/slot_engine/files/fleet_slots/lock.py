@@ -77,9 +77,20 @@ def describe(lock: dict[str, Any]) -> str:
 
 
 def acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bool = False,
-            lock_dir: str = LOCK_DIR) -> dict[str, Any]:
+            lock_dir: str = LOCK_DIR, wait: float = 0) -> dict[str, Any]:
     """Take the lock; returns the lock it broke ({} if none): one whose holder died, or any with
-    `break_lock`. LockHeld when another live deploy holds it."""
+    `break_lock`. While another live deploy holds it, retry for up to `wait` seconds, then LockHeld."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _acquire(service, deploy_id, owner, ttl, break_lock, lock_dir)
+        except LockHeld:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bool, lock_dir: str) -> dict[str, Any]:
     current = read(service, lock_dir)
     if current is not None and current.get("deploy_id") == deploy_id:
         return {}

@@ -7,13 +7,17 @@ engine, the Ansible module, the local fact, the health checker, the benchmark) g
     {
       "service": "main-api",
       "live_port": 9010,                       # the slot nginx routes to
-      "slots": {"8010": {"release": "1.0.0", "since": "..."}, "9010": {...}},
+      "slots": {"8010": {"release": "1.0.0", "since": "...", "released": "...", "config": "<sha256>"}, ...},
       "history": ["1.0.0", "1.1.0"],           # releases that were live, oldest first (last 10)
       "last_good_release": "1.0.0",            # history[-2]: what a rollback returns to
       "bad_releases": ["9.9.9"],               # failed their health gate here
       "last_deploy": "main-api-2026...",       # deploy id of the last completed move
       "pending": null | {...}                  # the journal of a move in progress
     }
+
+A slot's `config` is the digest of the unit and environment it was started with (site.yml
+compares it with the catalog's to decide whether a configuration change needs a slot switch;
+"" when unknown, as in states written before configs were recorded).
 
 A move writes `pending` (from/to slot and release, deploy id, phase) before it changes anything a
 client could see, advances its phase as it goes, and clears it when the old slot is stopped. A
@@ -37,7 +41,10 @@ STATE_DIR = "/var/lib/fleet/state"
 PHASES = ("started", "healthy", "switched", "recorded", "draining")
 # Live releases remembered, oldest first: enough to roll back step by step, bounded.
 HISTORY_KEEP = 10
-MODES = ("deploy", "rollback", "restart")
+# deploy and rollback change the release; restart moves the live release to the other slot;
+# reconfigure does the same with a new configuration (site.yml applying a catalog change).
+MODES = ("deploy", "rollback", "restart", "reconfigure")
+SAME_RELEASE_MODES = ("restart", "reconfigure")
 
 
 class StateError(ValueError):
@@ -60,6 +67,9 @@ class Move:
     to_release: str
     phase: str = "started"
     owner: str = ""
+    config: str = ""  # the new slot's configuration digest
+    from_config: str = ""  # the old slot's, to put it back exactly on a revert
+    from_released: str = ""
     history_before: list[str] = field(default_factory=list)  # to revert a recorded move exactly
     started: str = field(default_factory=now_iso)
     started_epoch: float = field(default_factory=time.time)
@@ -125,6 +135,14 @@ class State:
     def live_release(self) -> str:
         return str(self.slots[str(self.live_port)]["release"])
 
+    @property
+    def live_config(self) -> str:
+        return str(self.slots[str(self.live_port)].get("config") or "")
+
+    @property
+    def live_since(self) -> str:
+        return str(self.slots[str(self.live_port)].get("since") or "")
+
     def idle_port(self, blue_port: int) -> int:
         """The other slot of a service whose blue slot is `blue_port`."""
         return blue_port + 1000 if self.live_port == blue_port else blue_port
@@ -157,10 +175,14 @@ class State:
             raise StateError(f"{self.service}: no move to commit")
         if move.mode == "rollback" and self.history[-2:-1] == [move.to_release]:
             self.history = self.history[:-1]
-        elif move.mode != "restart" or self.history[-1:] != [move.to_release]:
+        elif move.mode not in SAME_RELEASE_MODES or self.history[-1:] != [move.to_release]:
             self.history = [*self.history, move.to_release][-HISTORY_KEEP:]
+        # `released`: when this release went live here (a restart or reconfigure keeps it), what a
+        # rollback compares across hosts to find the fleet's last move.
+        released = self.slots[str(self.live_port)].get("released") if move.mode in SAME_RELEASE_MODES else None
         self.live_port = move.to_port
-        self.slots[str(move.to_port)] = {"release": move.to_release, "since": now_iso()}
+        self.slots[str(move.to_port)] = {"release": move.to_release, "since": now_iso(), "config": move.config,
+                                         "released": released or now_iso()}
         self.last_good_release = self.rollback_target()
         self.bad_releases = [r for r in self.bad_releases if r != move.to_release]
         self.last_deploy = move.deploy_id
@@ -180,7 +202,8 @@ class State:
         if move is None or move.phase not in ("recorded", "draining"):
             raise StateError(f"{self.service}: only a recorded move can be reverted")
         self.live_port = move.from_port
-        self.slots[str(move.from_port)] = {"release": move.from_release, "since": now_iso()}
+        self.slots[str(move.from_port)] = {"release": move.from_release, "since": now_iso(),
+                                           "config": move.from_config, "released": move.from_released}
         self.history = list(move.history_before) or [move.from_release]
         self.last_good_release = self.rollback_target()
         move.phase = "switched"
@@ -193,14 +216,20 @@ class State:
         if move.traffic_moved and move.phase != "switched":
             raise StateError(f"{self.service}: a recorded move cannot be abandoned")
         self.slots.pop(str(move.to_port), None)
-        if bad and move.to_release not in self.bad_releases:
+        # A failed restart or reconfigure says nothing against the release itself.
+        if bad and move.mode not in SAME_RELEASE_MODES and move.to_release not in self.bad_releases:
             self.bad_releases.append(move.to_release)
         self.pending = None
 
+    def configure(self, config: str) -> None:
+        """The live slot was (re)started in place with configuration `config` (it served nothing)."""
+        self.slots[str(self.live_port)]["config"] = config
 
-def initial(service: str, port: int, release: str) -> State:
+
+def initial(service: str, port: int, release: str, config: str = "") -> State:
     """The state of a service started for the first time on `port`."""
-    return State(service=service, live_port=port, slots={str(port): {"release": release, "since": now_iso()}},
+    return State(service=service, live_port=port,
+                 slots={str(port): {"release": release, "since": now_iso(), "config": config, "released": now_iso()}},
                  history=[release])
 
 
