@@ -24,9 +24,14 @@ description:
     without state on its blue slot with O(release), starts a live slot that is down, and applies a
     changed configuration (O(env) and the unit file O(unit_file)) to a serving slot only through a
     C(reconfigure) move to the idle slot when O(allow_move), else returns RV(result=move needed).
+  - O(action=retire) stops, disables and removes every service with a state on the host that is
+    not in O(keep) (units, environment files, releases, slot links, state; logs are kept), with
+    an audit line each.
   - O(action=status) reports every service's state and nginx's routes; it changes nothing.
 options:
-  action: {type: str, required: true, choices: [plan, run, converge, status], description: What to do.}
+  action: {type: str, required: true, choices: [plan, run, converge, retire, status], description: What to do.}
+  keep: {type: list, elements: str, default: [], description: "retire: the services this host runs."}
+  unit_dir: {type: path, default: /etc/systemd/system, description: "retire: where the template units are."}
   service: {type: dict, description: The service's entry of the validated catalog (fleet_catalog).}
   release: {type: str, description: "The release to move to (run), to start a service without state on
       (converge), or whose presence on the host to report (plan: RV(staged))."}
@@ -74,6 +79,7 @@ durations: {type: dict, description: Seconds per phase (start, health_gate, swit
 reconciled: {type: str, description: An interrupted move found and what was done about it.}
 state: {type: dict, description: The service's deploy state after the call.}
 staged: {type: bool, description: "plan: whether O(release) is unpacked on the host."}
+retired: {type: list, description: "retire: one line per service retired."}
 """
 
 from dataclasses import asdict
@@ -81,7 +87,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.fleet_slots import engine, nginx, state
+from ansible.module_utils.fleet_slots import engine, lock, nginx, state
 
 
 def spec_of(p: dict) -> engine.Spec:
@@ -112,7 +118,9 @@ def config_of(p: dict) -> engine.SlotConfig:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "action": {"type": "str", "required": True, "choices": ["plan", "run", "converge", "status"]},
+            "action": {"type": "str", "required": True, "choices": ["plan", "run", "converge", "retire", "status"]},
+            "keep": {"type": "list", "elements": "str", "default": []},
+            "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
             "service": {"type": "dict"},
             "release": {"type": "str"},
             "mode": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback", "restart"]},
@@ -153,6 +161,17 @@ def main() -> None:
         states = {k: (v.to_dict() if isinstance(v, state.State) else {"error": str(v)})
                   for k, v in state.load_all(p["state_dir"]).items()}
         module.exit_json(changed=False, states=states, routes=routes, routes_error=routes_error)
+
+    if p["action"] == "retire":
+        try:
+            retired = engine.retire(
+                p["keep"], state_dir=p["state_dir"], lock_dir=p["lock_dir"], config_dir=p["config_dir"],
+                service_root=p["service_root"], unit_dir=p["unit_dir"], deploy_id=p["deploy_id"] or "retire",
+                owner=p["owner"], hostname=p["hostname"], lock_wait=p["lock_wait"], audit_log=p["audit_log"],
+                check=module.check_mode)
+        except lock.LockHeld as err:
+            module.fail_json(msg=f"{err}; not retired: run again when that deploy has finished")
+        module.exit_json(changed=bool(retired), retired=retired)
 
     name = p["service"]["name"]
     try:

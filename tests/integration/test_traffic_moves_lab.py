@@ -195,3 +195,47 @@ def test_site_yml_waits_for_a_deploy_holding_the_lock_and_fails_naming_it_when_t
     assert (served(lab, host, service)["version"], served(lab, host, service)["port"]) == (back, now["live_port"])
     idle = 8090 if now["live_port"] == 9090 else 9090
     assert lab.ssh(host, f"systemctl is-active {service}@{idle}", check=False).stdout.strip() == "inactive"
+
+
+def test_a_rebuilt_host_joins_on_the_release_the_fleet_runs_and_skew_is_reported(lab: Lab):
+    service, rebuilt = "main-api", "fleet-lab-3"
+    others = sorted(h for h in lab.hosts if h != rebuilt)
+    theirs = served(lab, rebuilt, service)["version"]
+    fleet_release = next(r for r in ("1.1.0", "1.2.0", "2.0.0") if r != theirs)
+    lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={fleet_release}",
+                 "--limit", ",".join(others))
+    skew = lab.playbook("site.yml", "--check", "--tags", "service")
+    described = sorted([f"{fleet_release} on {', '.join(others)}", f"{theirs} on {rebuilt}"])
+    assert f"{service}: its hosts run different releases ({'; '.join(described)})" in flat(skew.stdout)
+    # The host is rebuilt: its deploy state and slots are gone, the catalog still says 1.0.0.
+    lab.ssh(rebuilt, f"systemctl stop '{service}@*.service'; rm -rf /var/lib/fleet/state/{service}.json "
+                     f"/opt/fleet/{service}/slots /etc/fleet/{service}")
+    lab.playbook("site.yml", "--tags", "service", "--limit", rebuilt)
+    assert (served(lab, rebuilt, service)["version"], served(lab, rebuilt, service)["port"]) == (fleet_release, 8010)
+    assert state(lab, rebuilt, service)["history"] == [fleet_release]
+
+
+def test_a_service_dropped_from_the_catalog_is_retired_once(lab: Lab, tmp_path):
+    host, service, port = "fleet-lab-3", "retiree", 8200
+    catalog = yaml.safe_load(CATALOG.read_text())
+    catalog["fleet_services"][service] = {**catalog["fleet_services"]["main-api"], "port": port,
+                                          "environment": {"DEMO_SERVICE_NAME": service},
+                                          "nginx": {"server_names": [f"{service}.fleet.test"]}}
+    with_retiree = tmp_path / "with-retiree.yml"
+    with_retiree.write_text(yaml.safe_dump(catalog))
+    tags = ("--tags", "service,nginx,logrotate", "--limit", host)
+    lab.playbook("site.yml", *tags, "-e", f"@{with_retiree}")
+    assert served(lab, host, service)["port"] == port
+    run = lab.playbook("site.yml", *tags)
+    assert f"retired {service}: slots {port} stopped and disabled" in flat(run.stdout)
+    for unit in (f"{service}@{port}", f"{service}@{port + 1000}"):
+        assert lab.ssh(host, f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
+        assert lab.ssh(host, f"systemctl is-enabled {unit}", check=False).returncode != 0
+    left = lab.ssh(host, f"ls -d /etc/systemd/system/{service}@.service /etc/fleet/{service} /opt/fleet/{service} "
+                         f"/var/lib/fleet/state/{service}.json /etc/nginx/fleet/*/{service}.conf 2>/dev/null; "
+                         f"grep -l {service} /etc/logrotate.d/* 2>/dev/null", check=False).stdout
+    assert left == ""
+    assert lab.ssh(host, f"ss -Hltn 'sport = :{port}'").stdout == ""
+    assert [e for e in audit(lab, host) if e["service"] == service][-1]["mode"] == "retire"
+    again = lab.playbook("site.yml", *tags)
+    assert f"retired {service}" not in flat(again.stdout) and "changed=0" in again.stdout.split("PLAY RECAP", 1)[1]

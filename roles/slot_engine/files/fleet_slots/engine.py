@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -556,9 +557,10 @@ def _converge_locked(spec: Spec, release: str, config: SlotConfig, deploy_id: st
             moved.result = "reconfigured"
             moved.message = f"{spec.service} {current.live_release} moved to slot {idle} with its new configuration"
         return moved
-    elif _ensure_slot(spec, current) | host.write_private(spec.env_file(live), config.env):
+    elif any([_ensure_slot(spec, current), host.write_private(spec.env_file(live), config.env),
+              _ensure_route(spec, current)]):
         outcome.result = "repaired"
-        outcome.message += "; its slot link, environment file or boot enablement were put back"
+        outcome.message += "; its slot link, environment file, boot enablement or nginx route were put back"
     return outcome
 
 
@@ -589,6 +591,62 @@ def _start_in_place(spec: Spec, current: State, config: SlotConfig) -> None:
     _ensure_slot(spec, current)
     host.start(host.unit_of(spec.service, current.live_port))
     gate(spec, current.live_port)
+    _ensure_route(spec, current)
+
+
+def _ensure_route(spec: Spec, current: State) -> bool:
+    """nginx routes the service to the state's live slot (it may not, after a lost state file);
+    True if it was put back. A service nginx does not know yet is left to nginx's next reload,
+    which reads the state."""
+    try:
+        routed = nginx.route(spec.service, spec.control_socket)
+    except nginx.NginxControlError:
+        return False  # nginx not set up yet
+    if routed is None or routed == current.live_port:
+        return False
+    nginx.switch(spec.service, current.live_port, spec.control_socket)
+    return True
+
+
+def retire(keep: list[str], *, state_dir: str, lock_dir: str, config_dir: str, service_root: str, unit_dir: str,
+           deploy_id: str, owner: str, hostname: str, lock_wait: float, audit_log: str | None,
+           check: bool) -> list[str]:
+    """Stop and remove every service that has a state here but is not in `keep` (the catalog
+    dropped it, or moved it off this host): both slots stopped and disabled, its template unit,
+    environment files, releases and slot links, state and lock removed; its logs stay. Returns one
+    line per retired service (what would be retired, in check mode)."""
+    done = []
+    for name, current in state.load_all(state_dir).items():
+        if name in keep or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+            continue
+        if check:
+            done.append(f"would retire {name}")
+            continue
+        started = time.time()
+        lock.acquire(name, deploy_id, owner, 600, False, lock_dir, wait=lock_wait)
+        ports = sorted({int(p) for p in current.slots} | {current.live_port}) if isinstance(current, State) else []
+        for unit in [host.unit_of(name, port) for port in ports] + _enabled_instances(unit_dir, name):
+            host.systemctl("disable", "--no-reload", unit, check=False)
+            host.systemctl("stop", unit, check=False)
+        Path(unit_dir, f"{name}@.service").unlink(missing_ok=True)
+        host.systemctl("daemon-reload", check=False)
+        for tree in (Path(config_dir, name), Path(service_root, name)):
+            shutil.rmtree(tree, ignore_errors=True)
+        state.path_of(name, state_dir).unlink(missing_ok=True)
+        lock.path_of(name, lock_dir).unlink(missing_ok=True)
+        line = (f"retired {name}: slots {', '.join(map(str, ports)) or '?'} stopped and disabled, its unit, "
+                "environment, releases and state removed (its logs are kept)")
+        if audit_log:
+            live = current.live_port if isinstance(current, State) else 0
+            release = current.live_release if isinstance(current, State) else ""
+            write_audit(audit_log, Outcome("ok", line, "retire", live, 0, release, ""), name, "retire", deploy_id,
+                        owner, hostname, started)
+        done.append(line)
+    return done
+
+
+def _enabled_instances(unit_dir: str, name: str) -> list[str]:
+    return sorted(p.name for p in Path(unit_dir).glob(f"*.wants/{name}@*.service"))
 
 
 def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id: str, owner: str,
