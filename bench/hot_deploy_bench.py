@@ -17,6 +17,9 @@ reuse), close (a connection per request). Phases:
     interrupted  hot_deploy.yml -e drill_halt_after=switch, killed (controller and frozen engine)
                  once the first host has switched, then the same deploy run again: it reconciles
                  first; afterwards no host may have a pending move and every live slot must answer
+    restart      hot_deploy.yml -e restart=true (the live release moves to the other slot)
+    reconfigure  site.yml --tags service with a new secret in the service's environment, then
+                 again without it: each applies the change through a slot switch, host by host
     naive        `systemctl restart` of the live slot on each host, 2 s apart (this one drops requests)
 
 Each deploy, the rollback and the interrupted deploy start --step seconds (default 35) after the
@@ -30,8 +33,8 @@ wall-clock time of each rolling deploy. It writes build/bench/hot_deploy.json (e
 build/bench/hot_deploy.png (latency per request by client kind, failures per second, phases
 shaded, switches dashed) and each playbook's output to build/bench/logs/.
 
-Exit status: 1 if any request failed in the deploys, rollback or interrupted phases (any client
-kind), or if a playbook of those phases failed or the check after the interrupted deploy did not
+Exit status: 1 if any request failed in the deploys, rollback, interrupted, restart or reconfigure
+phases (any client kind), or if a playbook of those phases failed or the check after the interrupted deploy did not
 pass; 0 otherwise.
 """
 
@@ -61,10 +64,10 @@ from lab.client import DEFAULT_INVENTORY, REPO_ROOT, Lab
 
 RELEASES = ("1.1.0", "1.2.0", "2.0.0", "1.0.0")
 CATALOG = REPO_ROOT / "inventories" / "lab" / "group_vars" / "all" / "fleet_services.yml"
-GUARDED = ("deploys", "rollback", "interrupted")  # phases in which no request may fail
+GUARDED = ("deploys", "rollback", "interrupted", "restart", "reconfigure")  # no request may fail
 ROLLING_GOAL_S = 8.0
 GUARDED_REQUESTS_GOAL = 50_000  # requests in the guarded phases, for figures worth trusting
-MOVE_MODES = ("deploy", "rollback", "restart")
+MOVE_MODES = ("deploy", "rollback", "restart", "reconfigure")
 SETTLE_S = 3.0  # load after every deploy step, at the least
 SWITCH_GOAL_S = 1.0  # a host's switch may take this much longer than its floor
 COLOURS = {"reuse": "tab:orange", "check": "tab:blue", "close": "tab:green"}
@@ -221,6 +224,20 @@ class Run:
     def rollback(self) -> None:
         with self.paced():
             self.playbook("rollback", "rollback.yml")
+
+    def restart(self) -> None:
+        with self.paced():
+            self.playbook("restart", "hot_deploy.yml", "-e", "restart=true", rolling=False)
+
+    def reconfigure(self) -> None:
+        """A secret added to the service's environment, applied by site.yml; then removed again."""
+        catalog = yaml.safe_load(CATALOG.read_text())
+        catalog["fleet_services"][self.service]["environment"]["BENCH_SECRET"] = f"bench-{int(time.time())}"
+        changed = self.out / "catalog-with-secret.yml"
+        changed.write_text(yaml.safe_dump(catalog))
+        for extra in (("-e", f"@{changed}"), ()):
+            with self.paced():
+                self.playbook("reconfigure", "site.yml", "--tags", "service", *extra, rolling=False)
 
     def interrupted_deploy(self) -> None:
         with self.paced():
@@ -464,7 +481,7 @@ def plot(path: Path, samples: list[Sample], windows: list[Window], switches: dic
     ax_lat.legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), markerscale=6, fontsize=8, title="client")
     if ax_err.get_legend_handles_labels()[0]:
         ax_err.legend(loc="upper left", fontsize=8)
-    ax_lat.set_title("hot deploys, rollback, interrupted deploy, naive restart: latency per request, "
+    ax_lat.set_title("deploys, rollback, interrupted, restart, reconfigure, naive restart: latency per request, "
                      "failed requests, slot switches seen by clients (dashed)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -501,6 +518,8 @@ def main() -> int:
         ("deploys", lambda: run.deploys(args.deploys)),
         ("rollback", run.rollback),
         ("interrupted", run.interrupted_deploy),
+        ("restart", run.restart),
+        ("reconfigure", run.reconfigure),
         ("naive", lambda: run.naive_restart(args.naive_gap)),
     ]
     try:

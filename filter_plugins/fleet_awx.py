@@ -37,7 +37,8 @@ SURVEY_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "rollback": (
         "fleet rollback",
-        "Move one catalog service back to its last good release, a batch of hosts at a time.",
+        "Undo the last move of one catalog service (hosts on the release it moved to go back), "
+        "a batch of hosts at a time.",
         ("service", "batch_size", "break_lock"),
     ),
 }

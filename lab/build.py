@@ -1,6 +1,6 @@
 """`python3 -m lab build`: the Debian 12 image with systemd as PID 1 and sshd, built once, cached.
 
-The recipe follows LAB.md "Base image": debootstrap (minbase) into a temp dir under /var/tmp,
+The recipe (lab/README.md, "The image"): debootstrap (minbase) into a temp dir under /var/tmp,
 adjust the rootfs for life in a container, tar it, `docker import`, then the tiny Dockerfile in
 lab/image/ on top. The image tag carries a hash of the recipe (model.recipe_constants, the files
 in lab/image/, the host's apt sources), so a changed recipe builds a new image and an unchanged

@@ -32,7 +32,7 @@ SUBNET_ENV = "FLEET_LAB_SUBNET"
 DERIVED_FIRST_OCTET = 100  # named labs: 172.29.X.0/24 with X in 100..249
 DERIVED_OCTETS = 150
 FIRST_HOST_OCTET = 11  # fleet-lab-1 is .11, fleet-lab-2 is .12, ...
-MAX_NOFILE = 20000  # the hard open-files limit on these machines (LAB.md)
+MAX_NOFILE = 20000  # the hard open-files limit of the build machines (ulimit -Hn)
 
 
 def validate_name(name: str) -> str:
@@ -49,7 +49,7 @@ def lab_of_label(value: str) -> str:
     return DEFAULT_LAB if value == LEGACY_LABEL_VALUE else value
 
 
-# --- the image recipe (LAB.md "Base image"); everything here is part of the cache key ---------
+# --- the image recipe (lab/README.md, "The image"); everything here is part of the cache key ---
 
 RECIPE_VERSION = 2  # bump when the build code changes the image in a way the constants do not
 SUITE = "bookworm"
@@ -106,7 +106,7 @@ HOSTKEY_UNIT = "fleet-ssh-hostkeys.service"
 ENABLE_UNITS: dict[str, tuple[str, ...]] = {
     HOSTKEY_UNIT: ("multi-user.target", "ssh.service"),
 }
-RUN_FLAGS: tuple[str, ...] = (  # LAB.md: what boots systemd here (NOT --privileged)
+RUN_FLAGS: tuple[str, ...] = (  # what boots systemd as PID 1 here (--privileged is refused)
     "--cap-add",
     "SYS_ADMIN",
     "--cap-add",

@@ -25,58 +25,67 @@ from .helpers import SERVER_NAME, audit, flat, served, start_playbook, state, su
 
 def test_deploys_alternate_slots_and_rollback_returns_to_the_right_release(lab: Lab):
     host, service = "fleet-lab-1", "main-api"
-    blue, green = 8010, 9010
-    assert state(lab, host, service)["live_port"] == blue
+    before = state(lab, host, service)
+    live, start = before["live_port"], before["slots"][str(before["live_port"])]["release"]
+    other = 9010 if live == 8010 else 8010
+    first, second = [r for r in ("1.1.0", "1.2.0", "2.0.0") if r != start][:2]
     steps = [
-        (("hot_deploy.yml", "-e", "version=1.1.0"), "1.1.0", green),
-        (("hot_deploy.yml", "-e", "version=1.2.0"), "1.2.0", blue),
-        (("rollback.yml",), "1.1.0", green),
-        (("rollback.yml",), "1.0.0", blue),
+        (("hot_deploy.yml", "-e", f"version={first}"), first, other),
+        (("hot_deploy.yml", "-e", f"version={second}"), second, live),
+        (("rollback.yml",), first, other),
+        (("rollback.yml",), start, live),
     ]
     for args, release, slot in steps:
         lab.playbook(args[0], "-e", f"service={service}", *args[1:], "--limit", host)
         now = state(lab, host, service)
         assert (now["live_port"], now["slots"][str(slot)]["release"]) == (slot, release), args
         assert (served(lab, host, service)["version"], served(lab, host, service)["port"]) == (release, slot)
-        idle = green if slot == blue else blue
+        idle = other if slot == live else live
         assert lab.ssh(host, f"systemctl is-active {service}@{idle}", check=False).stdout.strip() != "active"
-    assert now["history"] == ["1.0.0"]
+    assert now["history"] == before["history"]
     records = [r for r in audit(lab, host) if r["service"] == service]
     assert [(r["mode"], r["to_release"], r["result"]) for r in records[-4:]] == [
-        ("deploy", "1.1.0", "ok"), ("deploy", "1.2.0", "ok"), ("rollback", "1.1.0", "ok"), ("rollback", "1.0.0", "ok")]
+        ("deploy", first, "ok"), ("deploy", second, "ok"), ("rollback", first, "ok"), ("rollback", start, "ok")]
     assert {"start", "health_gate", "switch", "verify", "record", "drain"} <= set(records[-1]["durations"])
 
 
 def test_check_mode_shows_the_plan_and_changes_nothing(lab: Lab):
     host, service = "fleet-lab-2", "main-api"
     before = state(lab, host, service)
-    result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0", "--check",
+    live, release = before["live_port"], before["slots"][str(before["live_port"])]["release"]
+    target = "1.2.0" if release != "1.2.0" else "1.1.0"
+    result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={target}", "--check",
                           "--limit", host)
-    assert "main-api: 1.0.0 on slot 8010 -> 1.2.0 on slot 9010" in result.stdout
+    assert f"main-api: {release} on slot {live} -> {target} on slot {9010 if live == 8010 else 8010}" in result.stdout
     assert state(lab, host, service) == before
-    assert served(lab, host, service)["version"] == "1.0.0"
+    assert served(lab, host, service)["version"] == release
 
 
 def test_failed_health_gate_keeps_the_old_release_and_stops_the_rollout(lab: Lab):
     service = "personas-api"
+    before = state(lab, "fleet-lab-1", service)
+    live, release = before["live_port"], before["slots"][str(before["live_port"])]["release"]
+    idle = 9000 if live == 8000 else 8000
+    second_before = state(lab, "fleet-lab-2", service)
+    second_audit = [r for r in audit(lab, "fleet-lab-2") if r["service"] == service]
     result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=9.9.9-unhealthy",
-                          "-e", "health_timeout=5", "--limit", "fleet-lab-1,fleet-lab-2", check=False)
+                          "-e", "health_timeout=5", "-e", "retry_bad_release=true",  # marked bad by an earlier run
+                          "--limit", "fleet-lab-1,fleet-lab-2", check=False)
     assert result.returncode != 0
     message = result.stdout
     # which host, which check, what it saw
     assert "FAILED on fleet-lab-1 in the health gate step" in message
-    assert "GET http://127.0.0.1:9000/health" in message and "saw status 503" in message
+    assert f"GET http://127.0.0.1:{idle}/health" in message and "saw status 503" in message
     assert '\\"status\\": \\"failing\\"' in message or '"status": "failing"' in message
     first = state(lab, "fleet-lab-1", service)
-    assert first["live_port"] == 8000 and "9.9.9-unhealthy" in first["bad_releases"]
-    assert "9000" not in first["slots"]
-    assert lab.ssh("fleet-lab-1", f"systemctl is-active {service}@9000", check=False).stdout.strip() != "active"
-    assert lab.ssh("fleet-lab-1", f"test -e /opt/fleet/{service}/slots/9000", check=False).returncode != 0
-    assert served(lab, "fleet-lab-1", service)["version"] == "1.0.0"
+    assert first["live_port"] == live and "9.9.9-unhealthy" in first["bad_releases"]
+    assert str(idle) not in first["slots"]
+    assert lab.ssh("fleet-lab-1", f"systemctl is-active {service}@{idle}", check=False).stdout.strip() != "active"
+    assert lab.ssh("fleet-lab-1", f"test -e /opt/fleet/{service}/slots/{idle}", check=False).returncode != 0
+    assert served(lab, "fleet-lab-1", service)["version"] == release
     # the rollout stopped: the next host was never touched
-    assert "bad_releases" not in state(lab, "fleet-lab-2", service) or not state(lab, "fleet-lab-2", service)[
-        "bad_releases"]
-    assert not [r for r in audit(lab, "fleet-lab-2") if r["service"] == service]
+    assert state(lab, "fleet-lab-2", service) == second_before
+    assert [r for r in audit(lab, "fleet-lab-2") if r["service"] == service] == second_audit
     assert "fleet-lab-2" in summary_of(message) and "not started" in summary_of(message)
     # and the bad release is refused next time, with advice
     again = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=9.9.9-unhealthy",

@@ -81,10 +81,12 @@ def test_fleet_local_fact_mirrors_the_state_files(host):
         assert fact[service] == state(host, service)
 
 
-def test_environment_files_are_private(host):
+def test_environment_files_are_private_and_per_slot(host):
     for service in SERVICES:
-        env = host.file(f"/etc/fleet/{service}.env")
-        assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+        live = state(host, service)["live_port"]
+        directory, env = host.file(f"/etc/fleet/{service}"), host.file(f"/etc/fleet/{service}/{live}.env")
+        assert (directory.user, directory.mode, env.user, env.group, env.mode) == ("root", 0o700, "root", "root", 0o600)
+        assert f"DEMO_SERVICE_NAME=\"{service}\"" in env.content_string
 
 
 def test_crashed_slot_is_restarted_by_systemd(host):

@@ -22,7 +22,7 @@ import shutil
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -501,8 +501,10 @@ def converge(spec: Spec, *, release: str, config: SlotConfig, deploy_id: str, ow
     finally:
         lock.release(spec.service, deploy_id, spec.lock_dir)
     if audit_log and (outcome.result not in ("unchanged", "move needed") or outcome.reconciled):
-        write_audit(audit_log, outcome, spec.service, CONVERGE_MODES.get(outcome.result, "converge"), deploy_id,
-                    owner, hostname, started)
+        # The audit's result is ok or failed, as for a deploy; the mode says what was done.
+        audited = replace(outcome, result="failed" if outcome.result == "failed" else "ok")
+        mode = CONVERGE_MODES.get(outcome.result, "reconcile")  # nothing else done: the reconcile's line
+        write_audit(audit_log, audited, spec.service, mode, deploy_id, owner, hostname, started)
     return outcome
 
 
