@@ -72,12 +72,15 @@ SETTLE_S = 3.0  # load after every deploy step, at the least
 SWITCH_GOAL_S = 1.0  # a host's switch may take this much longer than its floor
 COLOURS = {"reuse": "tab:orange", "check": "tab:blue", "close": "tab:green"}
 
-# Runs on a host: start `release` on the idle slot, poll its health every 10 ms, print the
-# seconds from `systemctl start` to the first healthy answer, stop it again.
+# Runs on a host: start `release` on the idle slot (with the live slot's environment file, as
+# a move gives it), poll its health every 10 ms, print the seconds from `systemctl start` to the
+# first healthy answer, stop it again.
 FLOOR_SCRIPT = """
-import http.client, os, subprocess, sys, time
-service, port, release, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+import http.client, os, shutil, subprocess, sys, time
+service, port, live, release, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 link, unit = f"/opt/fleet/{service}/slots/{port}", f"{service}@{port}.service"
+env = f"/etc/fleet/{service}/{port}.env"
+shutil.copy2(f"/etc/fleet/{service}/{live}.env", env)
 os.symlink(f"../releases/{release}", link + ".floor")
 os.replace(link + ".floor", link)
 subprocess.run(["systemctl", "reset-failed", unit], capture_output=True)
@@ -101,6 +104,7 @@ try:
 finally:
     subprocess.run(["systemctl", "stop", unit], capture_output=True)
     os.unlink(link)
+    os.unlink(env)
 """
 
 
@@ -203,7 +207,8 @@ class Run:
             live = current["live_port"]
             idle = port + 1000 if live == port else port
             release = current["slots"][str(live)]["release"]
-            command = shlex.join(["python3", "-c", FLOOR_SCRIPT, self.service, str(idle), release, health_path])
+            command = shlex.join(["python3", "-c", FLOOR_SCRIPT, self.service, str(idle), str(live), release,
+                                  health_path])
             healthy[host] = float(self.lab.ssh(host, command).stdout.strip())
             self.say(f"{host}: {release} healthy on slot {idle} after {healthy[host]:.3f}s")
         return healthy
