@@ -5,7 +5,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 comma := ,
-PY_SOURCES := filter_plugins callback_plugins library roles/slot_engine/files roles/backup/files roles/ufw/filter_plugins roles/health_check/files lab services tools bench tests molecule awx
+PY_SOURCES := filter_plugins callback_plugins strategy_plugins library roles/slot_engine/files roles/backup/files roles/ufw/filter_plugins roles/health_check/files lab services tools bench tests molecule awx
 
 .PHONY: lab lab-up lab-down deps venv releases test checks unit lint molecule integration bench clean
 

@@ -320,6 +320,8 @@ def render_inventory(hosts: list[Host], key_file: Path, release_store: Path, lab
         "    ansible_user: root",
         f"    ansible_ssh_private_key_file: {yaml_str(str(key_file))}",
         f"    ansible_ssh_common_args: {json.dumps(SSH_COMMON_ARGS)}",
+        # Mitogen (ansible.cfg's strategy) does not read ssh_common_args' host key options.
+        "    ansible_host_key_checking: false",
         "    ansible_python_interpreter: /usr/bin/python3",
         f"    fleet_release_store: {yaml_str(str(release_store))}",
         "  children:",

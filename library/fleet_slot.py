@@ -87,7 +87,10 @@ from hashlib import sha256
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.fleet_slots import engine, lock, nginx, state
+
+# host is imported by engine only; named here because Mitogen ships just the module_utils a
+# module names itself, not those its module_utils import relatively.
+from ansible.module_utils.fleet_slots import engine, host, lock, nginx, state  # noqa: F401
 
 
 def spec_of(p: dict) -> engine.Spec:

@@ -58,6 +58,10 @@ def test_ansible_core_and_runner_are_pinned_as_in_requirements_txt(package: str)
     assert EE["dependencies"][key]["package_pip"] == f"{package}=={pip_pins()[package]}"
 
 
+def test_mitogen_is_pinned_as_in_requirements_txt():
+    assert EE["dependencies"]["python"] == [f"mitogen=={pip_pins()['mitogen']}"]
+
+
 def test_the_venv_runs_the_pinned_ansible():
     """The collections below are compared with this installation: it must be the pinned one."""
     assert importlib.metadata.version("ansible") == pip_pins()["ansible"], "run `make venv`"
@@ -108,6 +112,7 @@ def test_create_writes_a_containerfile_and_build_files(context: Path):
     assert files == [
         "Containerfile",
         "_build/bindep.txt",
+        "_build/requirements.txt",
         "_build/requirements.yml",
         "_build/scripts/assemble",
         "_build/scripts/check_ansible",
@@ -131,13 +136,14 @@ def test_the_containerfile_installs_the_pinned_content(context: Path):
     assert f'ARG PYCMD="{EE["dependencies"]["python_interpreter"]["python_path"]}"' in containerfile
     assert "ansible-galaxy collection install $ANSIBLE_GALAXY_CLI_COLLECTION_OPTS -r requirements.yml" \
         in containerfile
-    assert "introspect.py introspect --user-bindep=bindep.txt" in containerfile
+    assert "introspect.py introspect --user-pip=requirements.txt --user-bindep=bindep.txt" in containerfile
     assert "LABEL ansible-execution-environment=true" in containerfile
     assert re.search(r"^RUN /output/scripts/check_ansible \$PYCMD$", containerfile, re.MULTILINE)
 
 
-def test_the_context_carries_the_pinned_collections_and_system_packages(context: Path):
+def test_the_context_carries_the_pinned_collections_python_and_system_packages(context: Path):
     collections = yaml.safe_load((context / "_build/requirements.yml").read_text())["collections"]
     assert {c["name"]: str(c["version"]) for c in collections} == ee_collections()
     bindep = (context / "_build/bindep.txt").read_text().splitlines()
     assert "openssh-clients [platform:rpm]" in bindep
+    assert (context / "_build/requirements.txt").read_text().split() == [f"mitogen=={pip_pins()['mitogen']}"]
