@@ -163,5 +163,58 @@ def test_nothing_to_delete_on_an_empty_rule_set():
     assert ufw_rules.ufw_undeclared_rules(out, declared(ssh=SSH)) == []
 
 
+# `ufw status verbose` as ufw 0.36 prints it (Debian 12).
+ACTIVE = """Status: active
+Logging: on (low)
+Default: deny (incoming), allow (outgoing), deny (routed)
+New profiles: skip
+
+To                         Action      From
+--                         ------      ----
+22/tcp                     LIMIT IN    Anywhere                   # fleet:647a8f6c99 ssh
+"""
+WANT = {"incoming": "deny", "outgoing": "allow", "routed": "deny", "logging": "low", "remove_undeclared": True}
+
+
+def added(rules: list[dict[str, Any]], *extra: str) -> str:
+    lines = [f"ufw {r['rule']} {r['port']}/{r['proto']} comment '{r['comment']}'" for r in rules]
+    return "\n".join(["Added user rules (see 'ufw status' for running firewall):", *lines, *extra]) + "\n"
+
+
+def test_no_drift_when_status_policies_logging_and_rules_match():
+    rules = declared(ssh=SSH, ufw_rules=WEB)
+    assert ufw_rules.ufw_drift(ACTIVE, added(rules), rules, WANT) == []
+
+
+def test_drift_names_each_difference():
+    rules = declared(ssh=SSH, ufw_rules=WEB)
+    status = ACTIVE.replace("on (low)", "on (medium)").replace("deny (routed)", "allow (routed)")
+    assert ufw_rules.ufw_drift(status, added(rules[:2], "ufw allow 8080/tcp"), rules, WANT) == [
+        "logging is 'on (medium)', want 'on (low)'",
+        "default routed policy is allow, want deny",
+        f"rule {rules[2]['comment']!r} is missing",
+        "rule to remove: delete allow 8080/tcp",
+    ]
+
+
+def test_an_inactive_ufw_and_a_fresh_install_drift():
+    rules = declared(ssh=SSH)
+    assert ufw_rules.ufw_drift("Status: inactive\n", added([]), rules, WANT) == [
+        "ufw is inactive",
+        "logging is None, want 'on (low)'",
+        "default incoming policy is None, want deny",
+        "default outgoing policy is None, want allow",
+        "default routed policy is None, want deny",
+        f"rule {rules[0]['comment']!r} is missing",
+    ]
+
+
+def test_logging_off_and_undeclared_rules_kept_when_asked():
+    rules = declared(ssh=SSH)
+    status = ACTIVE.replace("Logging: on (low)", "Logging: off")
+    want = {**WANT, "logging": "off", "remove_undeclared": False}
+    assert ufw_rules.ufw_drift(status, added(rules, "ufw allow 8080/tcp"), rules, want) == []
+
+
 def test_filters_are_registered():
-    assert set(ufw_rules.FilterModule().filters()) == {"ufw_declared_rules", "ufw_undeclared_rules"}
+    assert set(ufw_rules.FilterModule().filters()) == {"ufw_declared_rules", "ufw_undeclared_rules", "ufw_drift"}

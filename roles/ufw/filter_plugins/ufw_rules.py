@@ -212,6 +212,36 @@ def ufw_undeclared_rules(show_added: Any, declared: Any) -> list[list[str]]:
     return deletes
 
 
+def ufw_drift(status: Any, show_added: Any, declared: Any, want: Any) -> list[str]:
+    """What differs between ufw and the role's settings, one line each; empty when nothing does.
+
+    status: stdout of `ufw status verbose`; show_added: stdout of `ufw show added`; want: the
+    default policies (incoming, outgoing, routed), the logging level and remove_undeclared. A
+    declared rule counts as there when a rule carries its `fleet:<id>` comment (the id hashes
+    what the rule does).
+    """
+    if not isinstance(status, str) or not isinstance(show_added, str):
+        raise AnsibleFilterError("ufw_drift: expects the stdout of `ufw status verbose` and `ufw show added`")
+    fields = dict(line.split(": ", 1) for line in status.splitlines() if ": " in line and not line.startswith(" "))
+    drift = []
+    if fields.get("Status") != "active":
+        drift.append(f"ufw is {fields.get('Status', 'not reporting a status')}")
+    level = str(want["logging"])
+    logging = {"off": "off", "on": "on (low)"}.get(level, f"on ({level})")
+    if fields.get("Logging") != logging:
+        drift.append(f"logging is {fields.get('Logging')!r}, want {logging!r}")
+    policies = {direction: policy for policy, direction in re.findall(r"(\w+) \((\w+)\)", fields.get("Default", ""))}
+    for direction in ("incoming", "outgoing", "routed"):
+        policy = policies.get(direction)
+        if policy != want[direction]:
+            drift.append(f"default {direction} policy is {policy}, want {want[direction]}")
+    present = {m.group(1) for m in re.finditer(r"comment 'fleet:([0-9a-f]+)[ ']", show_added)}
+    drift += [f"rule {rule['comment']!r} is missing" for rule in declared or () if rule["id"] not in present]
+    if want["remove_undeclared"]:
+        drift += [f"rule to remove: {' '.join(argv[1:])}" for argv in ufw_undeclared_rules(show_added, declared)]
+    return drift
+
+
 class FilterModule:
     """ufw role filters."""
 
@@ -219,4 +249,5 @@ class FilterModule:
         return {
             "ufw_declared_rules": ufw_declared_rules,
             "ufw_undeclared_rules": ufw_undeclared_rules,
+            "ufw_drift": ufw_drift,
         }
