@@ -323,6 +323,15 @@ def clean_stale_workdirs(clock: Clock) -> None:
         remove_tree(stale)
 
 
+def remove_images(clock: Clock) -> None:
+    """For `down --purge`: every tag of the lab's image and of its base (all recipes)."""
+    refs = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+    ours = [r for r in refs if r.split(":")[0] in (model.IMAGE_REPO, model.BASE_REPO)]
+    if ours:
+        docker("rmi", *ours, check=False)
+        clock.say(f"removed images {' '.join(ours)}")
+
+
 def purge_build_leftovers() -> None:
     for stale in WORK_PARENT.glob(WORK_PREFIX + "*"):
         remove_tree(stale)

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INVENTORY = REPO_ROOT / "inventories" / "lab" / "hosts.yml"
+from .dockerctl import LabError
+from .files import REPO_ROOT, Paths
 
-
-class LabError(RuntimeError):
-    pass
+DEFAULT_INVENTORY = Paths(REPO_ROOT).inventory
 
 
 class Lab:
@@ -35,12 +33,15 @@ class Lab:
             for name, host_vars in (body.get("hosts") or {}).items():
                 self.hosts[name] = host_vars["ansible_host"]
 
+    def argv(self, *args: str) -> list[str]:
+        """The ansible-playbook command line for this lab (-i unless it is the default lab's)."""
+        inventory = () if self.inventory == DEFAULT_INVENTORY else ("-i", str(self.inventory))
+        return ["ansible-playbook", *inventory, *args]
+
     def playbook(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """Run ansible-playbook from the repository root, as a user types it; with check, fail loudly."""
         env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0"}
-        if self.inventory != DEFAULT_INVENTORY:
-            args = ("-i", str(self.inventory), *args)
-        result = subprocess.run(["ansible-playbook", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        result = subprocess.run(self.argv(*args), cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                                 timeout=timeout)
         if check and result.returncode != 0:
             raise LabError(f"ansible-playbook {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr}")

@@ -20,8 +20,9 @@ DOCKERD_WAIT_S = 60.0
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class LabError(Exception):
-    """A failure to report to the user as one clear message (no traceback)."""
+class LabError(RuntimeError):
+    """A failure to report as one clear message: the CLI prints it without a traceback; for the
+    tests and benchmarks (lab/client.py) a lab or a run against it that failed."""
 
 
 class Clock:

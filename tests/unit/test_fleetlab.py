@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import dockerctl, fleetlab, model
+from lab import build, dockerctl, files, fleetlab, model, objects
 
 NET = ipaddress.IPv4Network("172.29.81.0/24")
 
@@ -115,6 +115,7 @@ def test_inventory_shape() -> None:
         "ansible_user": "root",
         "ansible_ssh_private_key_file": "/work/main/.lab/ssh/id_ed25519",
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "ansible_host_key_checking": False,
         "ansible_python_interpreter": "/usr/bin/python3",
         "fleet_release_store": "/work/main/build/releases",
     }
@@ -189,11 +190,11 @@ def test_recipe_files_are_read_from_lab_image(tmp_path: Path) -> None:
 
 
 def test_real_recipe_ships_what_the_build_needs() -> None:
-    files = model.read_recipe_files(Path(fleetlab.__file__).parent / "image")
-    assert "Dockerfile" in files
-    assert b"STOPSIGNAL SIGRTMIN+3" in files["Dockerfile"]
-    assert model.HOSTKEY_UNIT in files
-    assert b"ssh-keygen -A" in files[model.HOSTKEY_UNIT]
+    recipe = model.read_recipe_files(build.IMAGE_DIR)
+    assert "Dockerfile" in recipe
+    assert b"STOPSIGNAL SIGRTMIN+3" in recipe["Dockerfile"]
+    assert model.HOSTKEY_UNIT in recipe
+    assert b"ssh-keygen -A" in recipe[model.HOSTKEY_UNIT]
     for pkg in ("systemd", "openssh-server", "python3", "cron", "curl"):
         assert pkg in model.INCLUDE
     assert "gnupg" not in model.INCLUDE
@@ -271,20 +272,20 @@ def test_docker_iptables_cleanup_only_touches_docker() -> None:
 
 
 def test_ssh_argv() -> None:
-    argv = fleetlab.ssh_argv(Path("/k"), "172.29.81.11", ["systemctl", "is-active", "nginx"])
+    argv = objects.ssh_argv(Path("/k"), "172.29.81.11", ["systemctl", "is-active", "nginx"])
     assert argv[:3] == ["ssh", "-i", "/k"]
     assert "StrictHostKeyChecking=no" in argv and "UserKnownHostsFile=/dev/null" in argv
     assert "BatchMode=yes" in argv
     assert argv[-4:] == ["root@172.29.81.11", "systemctl", "is-active", "nginx"]
-    assert "BatchMode=yes" not in fleetlab.ssh_argv(Path("/k"), "a", batch=False)
+    assert "BatchMode=yes" not in objects.ssh_argv(Path("/k"), "a", batch=False)
 
 
 def test_paths_follow_the_repository_root(tmp_path: Path) -> None:
-    paths = fleetlab.Paths(tmp_path)
+    paths = files.Paths(tmp_path)
     assert paths.ssh_key == tmp_path / ".lab" / "ssh" / "id_ed25519"
     assert paths.inventory == tmp_path / "inventories" / "lab" / "hosts.yml"
     assert paths.release_store == tmp_path / "build" / "releases"
-    assert (fleetlab.REPO_ROOT / "lab" / "fleetlab.py").is_file()
+    assert (files.REPO_ROOT / "lab" / "fleetlab.py").is_file()
 
 
 def test_container_matches() -> None:
@@ -294,10 +295,10 @@ def test_container_matches() -> None:
         "Image": "sha256:abc",
         "NetworkSettings": {"Networks": {"fleet-lab": {"IPAddress": "172.29.81.11"}}},
     }
-    assert fleetlab.container_matches(info, "sha256:abc", host)
-    assert not fleetlab.container_matches(info, "sha256:new", host)
-    assert not fleetlab.container_matches({**info, "State": {"Running": False}}, "sha256:abc", host)
-    assert not fleetlab.container_matches(info, "sha256:abc", model.Host("fleet-lab-1", "172.29.81.99", "gpu"))
+    assert objects.container_matches(info, "sha256:abc", host)
+    assert not objects.container_matches(info, "sha256:new", host)
+    assert not objects.container_matches({**info, "State": {"Running": False}}, "sha256:abc", host)
+    assert not objects.container_matches(info, "sha256:abc", model.Host("fleet-lab-1", "172.29.81.99", "gpu"))
 
 
 # --- argument parsing -----------------------------------------------------------------------------------
@@ -453,17 +454,17 @@ def test_network_subnets_from_docker_inspect() -> None:
 
 
 def test_label_lab_of_containers_and_networks() -> None:
-    assert fleetlab.label_lab({"Config": {"Labels": {"fleet-lab": "1", "fleet-lab.recipe": "abc"}}}) == "fleet-lab"
-    assert fleetlab.label_lab({"Config": {"Labels": {"fleet-lab": "x1"}}}) == "x1"
-    assert fleetlab.label_lab({"Config": {"Labels": {"fleet-lab.recipe": "abc"}}}) == ""  # e.g. molecule's
-    assert fleetlab.label_lab({"Name": "x1", "Labels": {"fleet-lab": "x1"}}) == "x1"
-    assert fleetlab.label_lab({"Name": "bridge", "Labels": {}}) == ""
-    assert fleetlab.label_lab({"Name": "n", "Labels": None}) == ""
+    assert objects.label_lab({"Config": {"Labels": {"fleet-lab": "1", "fleet-lab.recipe": "abc"}}}) == "fleet-lab"
+    assert objects.label_lab({"Config": {"Labels": {"fleet-lab": "x1"}}}) == "x1"
+    assert objects.label_lab({"Config": {"Labels": {"fleet-lab.recipe": "abc"}}}) == ""  # e.g. molecule's
+    assert objects.label_lab({"Name": "x1", "Labels": {"fleet-lab": "x1"}}) == "x1"
+    assert objects.label_lab({"Name": "bridge", "Labels": {}}) == ""
+    assert objects.label_lab({"Name": "n", "Labels": None}) == ""
 
 
 def test_paths_of_a_named_lab(tmp_path: Path) -> None:
-    default = fleetlab.Paths(tmp_path)
-    named = fleetlab.Paths(tmp_path, "x1")
+    default = files.Paths(tmp_path)
+    named = files.Paths(tmp_path, "x1")
     assert default.name == "fleet-lab" and default.is_default
     assert default.state_dir == tmp_path / ".lab"
     assert default.state_file == tmp_path / ".lab" / "state.json"
@@ -474,7 +475,7 @@ def test_paths_of_a_named_lab(tmp_path: Path) -> None:
     assert named.lock_file == tmp_path / ".lab" / "x1" / "lock"
     assert named.ssh_key == default.ssh_key == tmp_path / ".lab" / "ssh" / "id_ed25519"
     assert named.build_lock == default.build_lock == tmp_path / ".lab" / "build.lock"
-    assert fleetlab.Paths(tmp_path, "x2").inventory != named.inventory
+    assert files.Paths(tmp_path, "x2").inventory != named.inventory
     assert default.for_lab("x1") == named
 
 
@@ -526,14 +527,15 @@ def test_inventory_command_prints_the_path_without_root_or_docker(
     def no_docker(*args: object, **kwargs: object) -> None:
         raise AssertionError("docker must not be called")
 
-    monkeypatch.setattr(fleetlab, "docker", no_docker)
+    for module in (fleetlab, objects):
+        monkeypatch.setattr(module, "docker", no_docker)
     assert fleetlab.main(["--name", "x1", "inventory"]) == 0
-    assert capsys.readouterr().out == f"{fleetlab.REPO_ROOT / '.lab' / 'x1' / 'hosts.yml'}\n"
+    assert capsys.readouterr().out == f"{files.REPO_ROOT / '.lab' / 'x1' / 'hosts.yml'}\n"
     monkeypatch.setenv(model.NAME_ENV, "x2")
     assert fleetlab.main(["inventory"]) == 0
-    assert capsys.readouterr().out == f"{fleetlab.REPO_ROOT / '.lab' / 'x2' / 'hosts.yml'}\n"
+    assert capsys.readouterr().out == f"{files.REPO_ROOT / '.lab' / 'x2' / 'hosts.yml'}\n"
     assert fleetlab.main(["--name", "fleet-lab", "inventory"]) == 0
-    assert capsys.readouterr().out == f"{fleetlab.REPO_ROOT / 'inventories' / 'lab' / 'hosts.yml'}\n"
+    assert capsys.readouterr().out == f"{files.REPO_ROOT / 'inventories' / 'lab' / 'hosts.yml'}\n"
     # everything else still needs root
     assert fleetlab.main(["--name", "x1", "status"]) == 1
     assert "run as root" in capsys.readouterr().err
@@ -547,10 +549,10 @@ def test_inventory_header_names_the_lab() -> None:
 
 def test_named_inventory_sees_the_lab_group_vars(tmp_path: Path) -> None:
     (tmp_path / "inventories" / "lab" / "group_vars" / "all").mkdir(parents=True)
-    paths = fleetlab.Paths(tmp_path, "x1")
+    paths = files.Paths(tmp_path, "x1")
     paths.state_dir.mkdir(parents=True)
-    fleetlab.link_inventory_vars(paths)
-    fleetlab.link_inventory_vars(paths)  # again: no error
+    files.link_inventory_vars(paths)
+    files.link_inventory_vars(paths)  # again: no error
     link = paths.state_dir / "group_vars"
     assert link.is_symlink() and link.resolve() == (tmp_path / "inventories" / "lab" / "group_vars").resolve()
     assert not (paths.state_dir / "host_vars").exists()  # no inventories/lab/host_vars: no link
@@ -563,8 +565,8 @@ def test_container_matches_on_a_named_network() -> None:
         "Image": "sha256:abc",
         "NetworkSettings": {"Networks": {"x1": {"IPAddress": "172.29.140.11"}}},
     }
-    assert fleetlab.container_matches(info, "sha256:abc", host, "x1")
-    assert not fleetlab.container_matches(info, "sha256:abc", host)  # not on network fleet-lab
+    assert objects.container_matches(info, "sha256:abc", host, "x1")
+    assert not objects.container_matches(info, "sha256:abc", host)  # not on network fleet-lab
 
 
 def test_lock_serialises_and_survives_removal_of_the_lock_file(tmp_path: Path) -> None:
@@ -574,12 +576,12 @@ def test_lock_serialises_and_survives_removal_of_the_lock_file(tmp_path: Path) -
 
     def second() -> None:
         holding.wait()
-        with fleetlab.locked(lock):
+        with files.locked(lock):
             order.append("second")
             assert lock.exists()  # it locked the file anew, not the removed one
 
     t = threading.Thread(target=second)
-    with fleetlab.locked(lock):
+    with files.locked(lock):
         t.start()
         holding.set()
         time.sleep(0.3)  # the other thread is waiting now
@@ -595,8 +597,8 @@ def test_lab_dirs(tmp_path: Path) -> None:
     for d in ("ssh", "x1", "x2", "Bad"):
         (shared / d).mkdir(parents=True)
     (shared / "lock").write_text("")
-    assert fleetlab.lab_dirs(fleetlab.Paths(tmp_path)) == ["x1", "x2"]
-    assert fleetlab.lab_dirs(fleetlab.Paths(tmp_path / "nowhere")) == []
+    assert files.lab_dirs(files.Paths(tmp_path)) == ["x1", "x2"]
+    assert files.lab_dirs(files.Paths(tmp_path / "nowhere")) == []
 
 
 # --- down of one lab and of every lab, against a fake docker ------------------------------------------
@@ -655,8 +657,8 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeDocker:
             "mine": {},
         },
     )
-    monkeypatch.setattr(fleetlab, "docker", fd.docker)
-    monkeypatch.setattr(fleetlab, "docker_json", fd.docker_json)
+    monkeypatch.setattr(objects, "docker", fd.docker)
+    monkeypatch.setattr(objects, "docker_json", fd.docker_json)
     monkeypatch.setattr(fleetlab, "dockerd_up", lambda paths, clock: None)
     for f in (
         ".lab/state.json",
@@ -671,7 +673,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeDocker:
 
 
 def test_down_of_a_named_lab_leaves_the_others(fake: FakeDocker, tmp_path: Path) -> None:
-    fleetlab.cmd_down(fleetlab.Paths(tmp_path, "x1"), dockerctl.Clock(), purge_too=False, every=False)
+    fleetlab.cmd_down(files.Paths(tmp_path, "x1"), dockerctl.Clock(), purge_too=False, every=False)
     assert set(fake.containers) == {"fleet-lab-1", "fleet-lab-2", "x2-1", "odd", "molecule-guest"}
     assert set(fake.networks) == {"bridge", "fleet-lab", "x2", "mine"}
     assert not (tmp_path / ".lab" / "x1").exists()
@@ -679,7 +681,7 @@ def test_down_of_a_named_lab_leaves_the_others(fake: FakeDocker, tmp_path: Path)
 
 
 def test_down_of_the_default_lab_takes_its_legacy_containers(fake: FakeDocker, tmp_path: Path) -> None:
-    fleetlab.cmd_down(fleetlab.Paths(tmp_path), dockerctl.Clock(), purge_too=False, every=False)
+    fleetlab.cmd_down(files.Paths(tmp_path), dockerctl.Clock(), purge_too=False, every=False)
     assert set(fake.containers) == {"x1-1", "x1-2", "x2-1", "odd", "molecule-guest"}
     assert set(fake.networks) == {"bridge", "x1", "x2", "mine"}
     assert not (tmp_path / "inventories/lab/hosts.yml").exists() and not (tmp_path / ".lab/state.json").exists()
@@ -687,11 +689,11 @@ def test_down_of_the_default_lab_takes_its_legacy_containers(fake: FakeDocker, t
 
 
 def test_down_all_removes_every_lab_and_nothing_else(fake: FakeDocker, tmp_path: Path) -> None:
-    fleetlab.cmd_down(fleetlab.Paths(tmp_path, "x2"), dockerctl.Clock(), purge_too=False, every=True)
+    fleetlab.cmd_down(files.Paths(tmp_path, "x2"), dockerctl.Clock(), purge_too=False, every=True)
     assert set(fake.containers) == {"molecule-guest"}
     assert set(fake.networks) == {"bridge", "mine"}
     assert sorted(p.name for p in (tmp_path / ".lab").iterdir()) == ["lock", "ssh"]
-    assert fleetlab.known_labs(fleetlab.Paths(tmp_path), {"c": {"Config": {"Labels": {"fleet-lab": "../x"}}}}) == [
+    assert objects.known_labs(files.Paths(tmp_path), {"c": {"Config": {"Labels": {"fleet-lab": "../x"}}}}) == [
         "fleet-lab"
     ]
     assert not (tmp_path / "inventories/lab/hosts.yml").exists()
@@ -700,5 +702,5 @@ def test_down_all_removes_every_lab_and_nothing_else(fake: FakeDocker, tmp_path:
 def test_purge_is_refused_while_other_labs_are_up(fake: FakeDocker, tmp_path: Path) -> None:
     before = dict(fake.containers)
     with pytest.raises(dockerctl.LabError, match=r"other labs are up \(Not A Name, fleet-lab, x2\)"):
-        fleetlab.cmd_down(fleetlab.Paths(tmp_path, "x1"), dockerctl.Clock(), purge_too=True, every=False)
+        fleetlab.cmd_down(files.Paths(tmp_path, "x1"), dockerctl.Clock(), purge_too=True, every=False)
     assert fake.containers == before
