@@ -6,9 +6,11 @@ import json
 import subprocess
 import urllib.request
 
-from .conftest import ROOT, Lab
+from .conftest import LAB_NAME, ROOT, Lab
 
 SERVER_NAME = "{}.fleet.test"
+# The suite's lab: host 1 is in group gpu, hosts 2 and 3 in group web.
+HOST1, HOST2, HOST3 = (f"{LAB_NAME}-{n}" for n in (1, 2, 3))
 
 
 def state(lab: Lab, host: str, service: str) -> dict:
@@ -40,7 +42,7 @@ def summary_of(output: str) -> str:
     return output.split("SUMMARY", 1)[1] if "SUMMARY" in output else ""
 
 
-def start_playbook(log, *args: str) -> subprocess.Popen:
+def start_playbook(lab: Lab, log, *args: str) -> subprocess.Popen:
     """ansible-playbook in the background, its output in a file: an ssh ControlPersist master
     outlives the run, so waiting for EOF on a pipe would wait for the master too."""
-    return subprocess.Popen(["ansible-playbook", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(lab.argv(*args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)

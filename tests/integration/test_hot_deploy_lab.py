@@ -20,11 +20,11 @@ import yaml
 from bench.loadgen import LoadGenerator, Target, failures, summarize
 
 from .conftest import ROOT, Lab
-from .helpers import SERVER_NAME, audit, flat, served, start_playbook, state, summary_of
+from .helpers import HOST1, HOST2, HOST3, SERVER_NAME, audit, flat, served, start_playbook, state, summary_of
 
 
 def test_deploys_alternate_slots_and_rollback_returns_to_the_right_release(lab: Lab):
-    host, service = "fleet-lab-1", "main-api"
+    host, service = HOST1, "main-api"
     before = state(lab, host, service)
     live, start = before["live_port"], before["slots"][str(before["live_port"])]["release"]
     other = 9010 if live == 8010 else 8010
@@ -50,7 +50,7 @@ def test_deploys_alternate_slots_and_rollback_returns_to_the_right_release(lab: 
 
 
 def test_check_mode_shows_the_plan_and_changes_nothing(lab: Lab):
-    host, service = "fleet-lab-2", "main-api"
+    host, service = HOST2, "main-api"
     before = state(lab, host, service)
     live, release = before["live_port"], before["slots"][str(before["live_port"])]["release"]
     target = "1.2.0" if release != "1.2.0" else "1.1.0"
@@ -63,34 +63,34 @@ def test_check_mode_shows_the_plan_and_changes_nothing(lab: Lab):
 
 def test_failed_health_gate_keeps_the_old_release_and_stops_the_rollout(lab: Lab):
     service = "personas-api"
-    before = state(lab, "fleet-lab-1", service)
+    before = state(lab, HOST1, service)
     live, release = before["live_port"], before["slots"][str(before["live_port"])]["release"]
     idle = 9000 if live == 8000 else 8000
-    second_before = state(lab, "fleet-lab-2", service)
-    second_audit = [r for r in audit(lab, "fleet-lab-2") if r["service"] == service]
+    second_before = state(lab, HOST2, service)
+    second_audit = [r for r in audit(lab, HOST2) if r["service"] == service]
     result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=9.9.9-unhealthy",
                           "-e", "health_timeout=5", "-e", "retry_bad_release=true",  # marked bad by an earlier run
-                          "--limit", "fleet-lab-1,fleet-lab-2", check=False)
+                          "--limit", f"{HOST1},{HOST2}", check=False)
     assert result.returncode != 0
     message = result.stdout
     # which host, which check, what it saw
-    assert "FAILED on fleet-lab-1 in the health gate step" in message
+    assert f"FAILED on {HOST1} in the health gate step" in message
     assert f"GET http://127.0.0.1:{idle}/health" in message and "saw status 503" in message
     assert '\\"status\\": \\"failing\\"' in message or '"status": "failing"' in message
-    first = state(lab, "fleet-lab-1", service)
+    first = state(lab, HOST1, service)
     assert first["live_port"] == live and "9.9.9-unhealthy" in first["bad_releases"]
     assert str(idle) not in first["slots"]
-    assert lab.ssh("fleet-lab-1", f"systemctl is-active {service}@{idle}", check=False).stdout.strip() != "active"
-    assert lab.ssh("fleet-lab-1", f"test -e /opt/fleet/{service}/slots/{idle}", check=False).returncode != 0
-    assert served(lab, "fleet-lab-1", service)["version"] == release
+    assert lab.ssh(HOST1, f"systemctl is-active {service}@{idle}", check=False).stdout.strip() != "active"
+    assert lab.ssh(HOST1, f"test -e /opt/fleet/{service}/slots/{idle}", check=False).returncode != 0
+    assert served(lab, HOST1, service)["version"] == release
     # the rollout stopped: the next host was never touched
-    assert state(lab, "fleet-lab-2", service) == second_before
-    assert [r for r in audit(lab, "fleet-lab-2") if r["service"] == service] == second_audit
-    assert "fleet-lab-2" in summary_of(message) and "not started" in summary_of(message)
+    assert state(lab, HOST2, service) == second_before
+    assert [r for r in audit(lab, HOST2) if r["service"] == service] == second_audit
+    assert HOST2 in summary_of(message) and "not started" in summary_of(message)
     # and the bad release is refused next time, with advice
     again = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=9.9.9-unhealthy",
-                         "--limit", "fleet-lab-1", check=False)
-    assert again.returncode != 0 and "was marked bad on fleet-lab-1" in again.stdout
+                         "--limit", HOST1, check=False)
+    assert again.returncode != 0 and f"was marked bad on {HOST1}" in again.stdout
 
 
 def nginx_processes(lab: Lab, host: str) -> str:
@@ -101,7 +101,7 @@ def test_a_switch_reloads_nothing_and_keeps_idle_connections(lab: Lab):
     """The switch is one value in nginx's slot table: no reload (same master and workers, so a
     broken file on disk does not matter), and an idle keep-alive client connection is still
     usable afterwards, on the new slot."""
-    host, service = "fleet-lab-3", "main-api"
+    host, service = HOST3, "main-api"
     before = state(lab, host, service)
     target = "1.1.0" if before["slots"][str(before["live_port"])]["release"] != "1.1.0" else "1.2.0"
     processes = nginx_processes(lab, host)
@@ -125,7 +125,7 @@ def test_a_switch_reloads_nothing_and_keeps_idle_connections(lab: Lab):
 
 
 def test_a_held_lock_refuses_a_second_deploy_and_breaks_only_on_purpose(lab: Lab):
-    host, service = "fleet-lab-2", "zapier-mcp"
+    host, service = HOST2, "zapier-mcp"
     stale = {"deploy_id": "zapier-mcp-old", "owner": "carol@ci", "started": "2026-01-01T00:00:00Z",
              "started_epoch": 0, "expires": "2026-01-01T00:30:00Z", "expires_epoch": 1800}
     lab.ssh(host, f"mkdir -p /var/lib/fleet/locks && echo '{json.dumps(stale)}' > /var/lib/fleet/locks/{service}.lock")
@@ -145,10 +145,10 @@ def test_a_held_lock_refuses_a_second_deploy_and_breaks_only_on_purpose(lab: Lab
 def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab, tmp_path):
     """The first deploy's engine is frozen right after it started the new slot (the drill), so it
     holds the lock for as long as the test needs; once thawed it finishes on its own."""
-    host, service = "fleet-lab-3", "zapier-mcp"
+    host, service = HOST3, "zapier-mcp"
     marker = f"/run/fleet-slots/{service}.halted"
     log = (tmp_path / "first.log").open("w")
-    first = start_playbook(log, "hot_deploy.yml", "-e", f"service={service}", "-e", "version=3.0.0-slow",
+    first = start_playbook(lab, log, "hot_deploy.yml", "-e", f"service={service}", "-e", "version=3.0.0-slow",
                            "-e", "drill_halt_after=start", "--limit", host)
     try:
         deadline = time.monotonic() + 120
@@ -186,9 +186,10 @@ def test_bad_input_fails_before_anything_changes(lab: Lab, tmp_path):
 
 
 def test_unreachable_host_mid_rollout_stops_and_the_summary_says_where_each_host_is(lab: Lab, tmp_path):
-    service, victim = "infrastructure", "fleet-lab-2"
+    service, victim = "infrastructure", HOST2
     log_path = tmp_path / "deploy.log"
-    process = start_playbook(log_path.open("w"), "hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0")
+    process = start_playbook(lab, log_path.open("w"), "hot_deploy.yml", "-e", f"service={service}",
+                             "-e", "version=1.2.0")
     deadline = time.monotonic() + 300
     while "PLAY [Roll out" not in log_path.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
@@ -201,14 +202,14 @@ def test_unreachable_host_mid_rollout_stops_and_the_summary_says_where_each_host
         output = log_path.read_text()
         assert process.returncode != 0
         summary = summary_of(output)
-        assert "fleet-lab-1" in summary and "deployed" in summary.split("fleet-lab-1", 1)[1].splitlines()[0]
+        assert HOST1 in summary and "deployed" in summary.split(HOST1, 1)[1].splitlines()[0]
         assert "unreachable" in summary.split(victim, 1)[1].splitlines()[0]
-        assert "not started" in summary.split("fleet-lab-3", 1)[1].splitlines()[0]
-        assert "on 1.2.0: fleet-lab-1\n" in summary
-        assert "still on the previous release: fleet-lab-2, fleet-lab-3" in summary
+        assert "not started" in summary.split(HOST3, 1)[1].splitlines()[0]
+        assert f"on 1.2.0: {HOST1}\n" in summary
+        assert f"still on the previous release: {HOST2}, {HOST3}" in summary
     finally:
         subprocess.run(["docker", "exec", victim, "systemctl", "start", "ssh.service"], check=True)
-    assert served(lab, "fleet-lab-3", service)["version"] == "1.0.0"
+    assert served(lab, HOST3, service)["version"] == "1.0.0"
 
 
 def test_hot_deploy_under_load_drops_no_request(lab: Lab):
@@ -263,7 +264,7 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
     """Kill the controller (and the engine on the host) right after each phase of a move; the next
     plain run (a deploy, or site.yml) takes over the dead deploy's lock and reconciles the move: clients that reuse
     keep-alive connections without checking see no failure, and state, nginx and units agree."""
-    host, service = "fleet-lab-1", "zapier-mcp"
+    host, service = HOST1, "zapier-mcp"
     slots = (8090, 9090)
     target = Target(host, lab.hosts[host], SERVER_NAME.format(service))
     load = LoadGenerator([target], total_rate=60).start()
@@ -274,8 +275,8 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
             reconciled_before = sum(1 for r in audit(lab, host) if r["mode"] == "reconcile")
             log = (tmp_path / f"{phase}.log").open("w")
             controller = subprocess.Popen(
-                ["ansible-playbook", "hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
-                 "-e", f"drill_halt_after={phase}", "--limit", host],
+                lab.argv("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
+                         "-e", f"drill_halt_after={phase}", "--limit", host),
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             marker = f"/run/fleet-slots/{service}.halted"
             deadline = time.monotonic() + 120
@@ -308,7 +309,7 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
 def test_a_stray_process_on_the_idle_port_is_refused_by_name(lab: Lab):
     """Something else listening on the idle slot's port would pass a health check by port alone:
     the deploy refuses before starting anything, naming the process, and traffic stays."""
-    host, service = "fleet-lab-3", "personas-api"
+    host, service = HOST3, "personas-api"
     before = state(lab, host, service)
     idle = 9000 if before["live_port"] == 8000 else 8000
     lab.ssh(host, f"systemd-run --unit fleet-test-stray python3 -m http.server --bind 127.0.0.1 {idle}")

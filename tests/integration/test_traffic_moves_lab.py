@@ -22,7 +22,7 @@ import yaml
 from bench.loadgen import LoadGenerator, Sample, Target, failures, summarize
 
 from .conftest import ROOT, Lab
-from .helpers import SERVER_NAME, audit, flat, served, start_playbook, state, summary_of
+from .helpers import HOST2, HOST3, SERVER_NAME, audit, flat, served, start_playbook, state, summary_of
 
 CATALOG = ROOT / "inventories" / "lab" / "group_vars" / "all" / "fleet_services.yml"
 
@@ -148,14 +148,14 @@ def test_a_one_host_canary_then_rollback_moves_only_the_canary(lab: Lab):
 
 
 def test_site_yml_waits_for_a_deploy_holding_the_lock_and_fails_naming_it_when_too_long(lab: Lab, tmp_path):
-    host, service = "fleet-lab-2", "zapier-mcp"
+    host, service = HOST2, "zapier-mcp"
     release = "1.1.0" if served(lab, host, service)["version"] != "1.1.0" else "1.2.0"
     marker = f"/run/fleet-slots/{service}.halted"
 
     def frozen_deploy(version: str, log: Path) -> tuple[subprocess.Popen, int]:
         """A deploy whose engine froze right after starting the new slot, holding the lock."""
         lab.ssh(host, f"rm -f {marker}")
-        deploy = start_playbook(log.open("w"), "hot_deploy.yml", "-e", f"service={service}", "-e",
+        deploy = start_playbook(lab, log.open("w"), "hot_deploy.yml", "-e", f"service={service}", "-e",
                                 f"version={version}", "-e", "drill_halt_after=start", "--limit", host)
         deadline = time.monotonic() + 180
         while lab.ssh(host, f"cat {marker}", check=False).returncode != 0:
@@ -180,7 +180,7 @@ def test_site_yml_waits_for_a_deploy_holding_the_lock_and_fails_naming_it_when_t
         back = before["slots"][str(before["live_port"])]["release"]
         deploy, pid = frozen_deploy(back, tmp_path / "deploy-2.log")
         site_log = tmp_path / "site.log"
-        site = start_playbook(site_log.open("w"), "site.yml", "--tags", "service", "--limit", host)
+        site = start_playbook(lab, site_log.open("w"), "site.yml", "--tags", "service", "--limit", host)
         deadline = time.monotonic() + 300
         while f"Converge through the slot engine {service}" not in site_log.read_text():
             assert site.poll() is None and time.monotonic() < deadline, site_log.read_text()[-3000:]
@@ -198,7 +198,7 @@ def test_site_yml_waits_for_a_deploy_holding_the_lock_and_fails_naming_it_when_t
 
 
 def test_a_rebuilt_host_joins_on_the_release_the_fleet_runs_and_skew_is_reported(lab: Lab):
-    service, rebuilt = "main-api", "fleet-lab-3"
+    service, rebuilt = "main-api", HOST3
     others = sorted(h for h in lab.hosts if h != rebuilt)
     theirs = served(lab, rebuilt, service)["version"]
     fleet_release = next(r for r in ("1.1.0", "1.2.0", "2.0.0") if r != theirs)
@@ -216,7 +216,7 @@ def test_a_rebuilt_host_joins_on_the_release_the_fleet_runs_and_skew_is_reported
 
 
 def test_a_service_dropped_from_the_catalog_is_retired_once(lab: Lab, tmp_path):
-    host, service, port = "fleet-lab-3", "retiree", 8200
+    host, service, port = HOST3, "retiree", 8200
     catalog = yaml.safe_load(CATALOG.read_text())
     catalog["fleet_services"][service] = {**catalog["fleet_services"]["main-api"], "port": port,
                                           "environment": {"DEMO_SERVICE_NAME": service},
