@@ -62,6 +62,21 @@ def fleet_joining_release(states: Any, catalog_version: str) -> dict[str, Any]:
     return {"release": chosen, "by_release": by_release, "skew": len(by_release) > 1, "described": described}
 
 
+def fleet_host_releases(services: Any, hostvars: Any, host: str) -> dict[str, str]:
+    """{service: release} for `host`: the live release of each service it holds a state of, else
+    the release the service's hosts run (fleet_joining_release); `services` are catalog entries."""
+    if not isinstance(services, (list, tuple)) or not isinstance(hostvars, Mapping):
+        raise AnsibleFilterError("fleet_host_releases: use as <services> | fleet_host_releases(hostvars, <host>)")
+    releases = {}
+    for service in services:
+        name = service["name"]
+        own = _live_release(fleet_service_states(hostvars, [host], name).get(host))
+        joining = fleet_joining_release(fleet_service_states(hostvars, service["hosts"], name),
+                                        service["release"]["version"])
+        releases[name] = own or joining["release"]
+    return releases
+
+
 def fleet_rollback_plan(states: Any, version: str = "") -> dict[str, Any]:
     """What "undo the last move" means for these hosts ({host: state}), computed once per run.
 
@@ -112,6 +127,7 @@ class FilterModule:
         return {
             "fleet_service_states": fleet_service_states,
             "fleet_live_releases": fleet_live_releases,
+            "fleet_host_releases": fleet_host_releases,
             "fleet_joining_release": fleet_joining_release,
             "fleet_rollback_plan": fleet_rollback_plan,
         }

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from filter_plugins.fleet_state import fleet_joining_release, fleet_rollback_plan, fleet_service_states
+from filter_plugins.fleet_state import (
+    fleet_host_releases,
+    fleet_joining_release,
+    fleet_rollback_plan,
+    fleet_service_states,
+)
 
 
 def st(release: str, history: list[str], released: str = "2026-11-01T00:00:00Z", port: int = 8090) -> dict:
@@ -35,6 +40,18 @@ def test_a_tie_goes_to_the_catalogs_version_and_no_state_to_the_catalog():
 def test_states_come_from_the_hosts_local_facts_and_skip_hosts_without():
     hostvars = {"a": {"ansible_local": {"fleet": {"svc": st("1.0.0", ["1.0.0"])}}}, "b": {}, "c": {"ansible_local": {}}}
     assert list(fleet_service_states(hostvars, ["a", "b", "c", "d"], "svc")) == ["a"]
+
+
+def test_a_host_keeps_its_live_releases_and_joins_the_fleet_on_the_others():
+    services = [{"name": "api", "hosts": ["a", "b", "c"], "release": {"version": "1.0.0"}},
+                {"name": "web", "hosts": ["a", "b"], "release": {"version": "2.0.0"}}]
+    hostvars = {"a": {"ansible_local": {"fleet": {"api": st("1.0.0", ["1.0.0"])}}},
+                "b": {"ansible_local": {"fleet": {"api": st("1.1.0", ["1.1.0"]), "web": st("2.1.0", ["2.1.0"])}}},
+                "c": {"ansible_local": {"fleet": {"api": st("1.1.0", ["1.1.0"])}}}}
+    assert fleet_host_releases(services, hostvars, "a") == {"api": "1.0.0", "web": "2.1.0"}
+    assert fleet_host_releases(services, {}, "a") == {"api": "1.0.0", "web": "2.0.0"}
+    with pytest.raises(AnsibleFilterError, match="fleet_host_releases"):
+        fleet_host_releases({"api": {}}, hostvars, "a")
 
 
 def test_a_rollback_after_a_one_host_canary_moves_only_the_canary():
