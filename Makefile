@@ -7,7 +7,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 comma := ,
 PY_SOURCES := filter_plugins callback_plugins strategy_plugins library roles/slot_engine/files roles/backup/files roles/ufw/filter_plugins roles/health_check/files lab services tools bench tests molecule awx
 
-.PHONY: lab lab-up lab-down deps venv releases test checks unit lint molecule integration bench clean
+.PHONY: lab lab-up lab-down deps venv releases test checks unit lint molecule integration bench bench-scale clean
 
 ## lab: set everything up, start the 3-host lab fleet and converge it with site.yml
 lab: deps lab-up releases
@@ -73,6 +73,10 @@ integration: deps
 ## bench: hot deploy vs naive restart under load on the lab (prints figures, draws build/bench/hot_deploy.png)
 bench: lab
 	python3 -m bench.hot_deploy_bench
+
+## bench-scale: site.yml (first run, no-op) and a rolling deploy on labs of 1, 3, 6 and 10 hosts (prints a table, draws build/bench/scale.png)
+bench-scale: deps releases
+	python3 -m bench.scale_bench
 
 clean: lab-down
 	rm -rf $(VENV) build
