@@ -3,8 +3,12 @@
 Mitogen keeps one Python interpreter per host and sends modules through it instead of copying and
 starting each task's module over SSH: a no-op site.yml on the lab takes about half the time.
 ansible.cfg selects this strategy; `ANSIBLE_STRATEGY=linear` turns Mitogen off for one run.
+
+Plays with `connection: local` (molecule's create and destroy, awx/configure.yml) run on plain
+`linear`: there is no connection to save on the controller, and modules of collections that import
+their module_utils relatively (community.docker, awx.awx) fail under Mitogen's module runner.
 An environment without the `mitogen` package (an AWX execution environment built without it)
-runs plain `linear`, with a warning, instead of failing.
+runs plain `linear` everywhere, with a warning, instead of failing.
 """
 
 from __future__ import annotations
@@ -14,18 +18,27 @@ from typing import Any
 from ansible.plugins.loader import strategy_loader
 from ansible.utils.display import Display
 
+LOCAL_CONNECTIONS = ("local", "ansible.builtin.local", "ansible.legacy.local")
+
 
 def _strategy() -> Any:
+    linear = strategy_loader.get("linear", class_only=True)
     try:
         import ansible_mitogen.loaders
         import ansible_mitogen.strategy
     except ImportError:
         Display().warning("fleet_linear: the mitogen package is not installed; running the plain linear strategy")
-        return strategy_loader.get("linear", class_only=True)
+        return linear
     linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
     class MitogenLinear(ansible_mitogen.strategy.StrategyMixin, linear):  # type: ignore[misc,valid-type]
-        """Mitogen's mixin over ansible.builtin.linear, as its own mitogen_linear plugin does."""
+        """Mitogen's mixin over ansible.builtin.linear, as its own mitogen_linear plugin does,
+        except for plays on the controller itself."""
+
+        def run(self, iterator: Any, play_context: Any, result: int = 0) -> Any:
+            if iterator._play.connection in LOCAL_CONNECTIONS:
+                return linear.run(self, iterator, play_context)
+            return super().run(iterator, play_context, result)
 
     return MitogenLinear
 
