@@ -13,6 +13,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CERTBOT_DEFAULTS = yaml.safe_load((ROOT / "roles/certbot/defaults/main.yml").read_text())
 NGINX_DEFAULTS = yaml.safe_load((ROOT / "roles/nginx/defaults/main.yml").read_text())
+# nginx's paths derive from the layout (role fleet, a dependency), as Ansible resolves them.
+LAYOUT_DEFAULTS = yaml.safe_load((ROOT / "roles/fleet/defaults/main.yml").read_text())
 SKIP = CERTBOT_DEFAULTS["certbot_skip_domains_regex"]
 
 
@@ -61,7 +63,10 @@ def render(template: str, **extra: Any) -> str:
         undefined=jinja2.StrictUndefined, trim_blocks=True,
     )
     env.filters["comment"] = lambda text: f"#\n# {text}\n#"
-    variables = {**NGINX_DEFAULTS, "ansible_managed": "Ansible managed", **extra}
+    variables = {**LAYOUT_DEFAULTS, **NGINX_DEFAULTS, "ansible_managed": "Ansible managed", **extra}
+    for _ in range(3):  # a default may name another that names a third
+        variables = {name: env.from_string(value).render(**variables) if isinstance(value, str) else value
+                     for name, value in variables.items()}
     return env.get_template(template).render(**variables)
 
 
