@@ -69,11 +69,9 @@ def fleet_host_releases(services: Any, hostvars: Any, host: str) -> dict[str, st
         raise AnsibleFilterError("fleet_host_releases: use as <services> | fleet_host_releases(hostvars, <host>)")
     releases = {}
     for service in services:
-        name = service["name"]
-        own = _live_release(fleet_service_states(hostvars, [host], name).get(host))
-        joining = fleet_joining_release(fleet_service_states(hostvars, service["hosts"], name),
-                                        service["release"]["version"])
-        releases[name] = own or joining["release"]
+        states = fleet_service_states(hostvars, [host, *service["hosts"]], service["name"])
+        releases[service["name"]] = (_live_release(states.get(host))
+                                     or fleet_joining_release(states, service["release"]["version"])["release"])
     return releases
 
 

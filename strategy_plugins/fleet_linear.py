@@ -24,12 +24,10 @@ LOCAL_CONNECTIONS = ("local", "ansible.builtin.local", "ansible.legacy.local")
 def _strategy() -> Any:
     linear = strategy_loader.get("linear", class_only=True)
     try:
-        import ansible_mitogen.loaders
         import ansible_mitogen.strategy
     except ImportError:
         Display().warning("fleet_linear: the mitogen package is not installed; running the plain linear strategy")
         return linear
-    linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
     class MitogenLinear(ansible_mitogen.strategy.StrategyMixin, linear):  # type: ignore[misc,valid-type]
         """Mitogen's mixin over ansible.builtin.linear, as its own mitogen_linear plugin does,

@@ -184,6 +184,22 @@ def ufw_declared_rules(rule_lists: Any, protected_ports: Any = ()) -> list[dict[
     return rules
 
 
+def _added_rules(show_added: str) -> list[tuple[list[str], str | None]]:
+    """Each rule of `ufw show added` output: its words, and the id of its `fleet:<id>` comment."""
+    rules = []
+    for line in show_added.splitlines():
+        if not line.startswith("ufw "):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError as err:
+            raise AnsibleFilterError(f"cannot parse the ufw rule {line!r}: {err}") from err
+        comment = words[words.index("comment") + 1] if "comment" in words[:-1] else ""
+        found = COMMENT_RE.match(comment)
+        rules.append((words, found.group(1) if found else None))
+    return rules
+
+
 def ufw_undeclared_rules(show_added: Any, declared: Any) -> list[list[str]]:
     """`ufw delete` argument vectors for each rule in `ufw show added` output that is not declared.
 
@@ -194,16 +210,8 @@ def ufw_undeclared_rules(show_added: Any, declared: Any) -> list[list[str]]:
         raise AnsibleFilterError("ufw_undeclared_rules: expects the stdout of `ufw show added`")
     ids = {rule["id"] for rule in declared or ()}
     deletes = []
-    for line in show_added.splitlines():
-        if not line.startswith("ufw "):
-            continue
-        try:
-            words = shlex.split(line)
-        except ValueError as err:
-            raise AnsibleFilterError(f"ufw_undeclared_rules: cannot parse the ufw rule {line!r}: {err}") from err
-        comment = words[words.index("comment") + 1] if "comment" in words[:-1] else ""
-        found = COMMENT_RE.match(comment)
-        if found and found.group(1) in ids:
+    for words, rule_id in _added_rules(show_added):
+        if rule_id in ids:
             continue
         if words[1] == "route":
             deletes.append(["ufw", "route", "delete", *words[2:]])
@@ -235,7 +243,7 @@ def ufw_drift(status: Any, show_added: Any, declared: Any, want: Any) -> list[st
         policy = policies.get(direction)
         if policy != want[direction]:
             drift.append(f"default {direction} policy is {policy}, want {want[direction]}")
-    present = {m.group(1) for m in re.finditer(r"comment 'fleet:([0-9a-f]+)[ ']", show_added)}
+    present = {rule_id for _, rule_id in _added_rules(show_added)}
     drift += [f"rule {rule['comment']!r} is missing" for rule in declared or () if rule["id"] not in present]
     if want["remove_undeclared"]:
         drift += [f"rule to remove: {' '.join(argv[1:])}" for argv in ufw_undeclared_rules(show_added, declared)]
