@@ -46,7 +46,14 @@ options:
   lock_ttl: {type: int, default: 1800, description: Seconds until the lock counts as stale.}
   break_lock: {type: bool, default: false, description: Break a lock held by another deploy.}
   retry_bad_release: {type: bool, default: false, description: Try a release marked bad on the host.}
-  health: {type: dict, default: {}, description: Overrides of the catalog's health timeout, interval, start_grace.}
+  health:
+    type: dict
+    default: {}
+    description: Overrides of the catalog's health settings, in seconds; unset ones take the catalog's.
+    suboptions:
+      timeout: {type: float}
+      interval: {type: float}
+      start_grace: {type: float}
   drain_timeout: {type: float, description: Overrides the catalog's drain_timeout.}
   verify_timeout: {type: float, default: 15, description: How long nginx may take to serve the new slot.}
   audit_log: {type: path, default: /var/log/fleet/deploy.log, description: One JSON line per run and host.}
@@ -133,7 +140,8 @@ def main() -> None:
             "lock_ttl": {"type": "int", "default": 1800},
             "break_lock": {"type": "bool", "default": False},
             "retry_bad_release": {"type": "bool", "default": False},
-            "health": {"type": "dict", "default": {}},
+            "health": {"type": "dict", "default": {}, "options": {
+                "timeout": {"type": "float"}, "interval": {"type": "float"}, "start_grace": {"type": "float"}}},
             "drain_timeout": {"type": "float"},
             "verify_timeout": {"type": "float", "default": 15.0},
             "audit_log": {"type": "path", "default": "/var/log/fleet/deploy.log"},

@@ -174,6 +174,14 @@ def test_bad_input_fails_before_anything_changes(lab: Lab, tmp_path):
     assert no_service.returncode != 0 and "-e service=<name>" in no_service.stdout
     no_release = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", "version=7.7.7", check=False)
     assert no_release.returncode != 0 and "no release of main-api 7.7.7" in no_release.stdout
+    # Checked before the health gate: a duration in the wrong unit must not mark a good release bad.
+    durations = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", "version=1.1.0",
+                             "-e", "health_timeout=2m", "-e", "drain_timeout=0", "-e", "batch_size=1,0", check=False)
+    assert durations.returncode != 0
+    assert "health_timeout must be a number of seconds, e.g. health_timeout=120 for two minutes; got '2m'" in (
+        flat(durations.stdout))
+    assert "drain_timeout must be more than 0 seconds" in flat(durations.stdout)
+    assert "'0' in '1,0' is none of those" in flat(durations.stdout)
     catalog = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
     catalog["fleet_services"]["main-api"]["group"] = "web"
     override = tmp_path / "catalog.json"

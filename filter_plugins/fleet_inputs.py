@@ -1,0 +1,134 @@
+"""Filters that check the inputs a person types for a deploy (-e batch_size=..., health_timeout=...).
+
+Checked once, before any host changes: a bad value fails the run naming the extra var and the fix,
+instead of failing later inside a host's health gate. `fleet_batch_ramp` turns the checked
+`batch_size` into the list Ansible's `serial` keyword takes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+# Extra var -> (smallest value allowed, whether the smallest itself is allowed).
+SECONDS_INPUTS = {
+    "health_timeout": (0.0, False),
+    "health_interval": (0.0, False),
+    "health_start_grace": (0.0, True),
+    "drain_timeout": (0.0, False),
+}
+_SECONDS_RE = re.compile(r"[0-9]+(\.[0-9]+)?")
+_BATCH_RE = re.compile(r"([1-9][0-9]*)(%?)")
+
+FLEET_DEPLOY_INPUT_PROBLEMS_DOCUMENTATION = r"""
+name: fleet_deploy_input_problems
+short_description: What is wrong with a deploy's extra vars
+description:
+  - Checks C(batch_size) (see P(fleet_batch_ramp#filter)) and the durations in seconds
+    (C(health_timeout), C(health_interval), C(drain_timeout) above 0; C(health_start_grace) 0 or more).
+  - Empty or missing values are fine (the catalog's settings apply).
+  - Returns one line per problem, naming the extra var and the fix; an empty list when all is well.
+options:
+  _input:
+    description: Extra var name to the value given (a string or a number).
+    type: dict
+    required: true
+"""
+
+FLEET_DEPLOY_INPUT_PROBLEMS_EXAMPLES = r"""
+- name: Check the deploy's inputs
+  ansible.builtin.assert:
+    that: __problems | length == 0
+    fail_msg: "{{ __problems | join(' ') }}"
+  vars:
+    __problems: "{{ {'batch_size': batch_size, 'health_timeout': health_timeout} | fleet_deploy_input_problems }}"
+"""
+
+FLEET_DEPLOY_INPUT_PROBLEMS_RETURN = r"""
+_value:
+  description: One message per bad input.
+  type: list
+  elements: str
+"""
+
+FLEET_BATCH_RAMP_DOCUMENTATION = r"""
+name: fleet_batch_ramp
+short_description: A batch_size as the list Ansible's serial keyword takes
+description:
+  - >-
+    C(batch_size) is a number of hosts (C(2)), a share of the hosts (C(25%)), or a ramp of them,
+    comma separated (C(1,25%,100%)) - the first batch has 1 host, the next a quarter of the hosts,
+    then all the rest. The last step repeats until every host is done, as with C(serial).
+options:
+  _input:
+    description: The batch_size extra var.
+    type: raw
+    required: true
+"""
+
+FLEET_BATCH_RAMP_EXAMPLES = r"""
+- name: Roll out, one batch of hosts at a time
+  hosts: fleet_deploy_targets
+  serial: "{{ batch_size | default(1) | fleet_batch_ramp }}"
+"""
+
+FLEET_BATCH_RAMP_RETURN = r"""
+_value:
+  description: Batch sizes, numbers of hosts (int) or shares (str ending in %).
+  type: list
+"""
+
+
+def _batch_steps(value: Any) -> list[int | str] | str:
+    """The ramp's steps, or a message saying what is wrong."""
+    text = str(value).replace(" ", "")
+    steps: list[int | str] = []
+    for step in text.split(","):
+        match = _BATCH_RE.fullmatch(step)
+        if not match or (match.group(2) and int(match.group(1)) > 100):
+            return (f"batch_size must be a number of hosts (2), a share of them (25%), or a ramp of those, "
+                    f"comma separated (1,25%,100%); '{step}' in '{value}' is none of those.")
+        steps.append(step if match.group(2) else int(step))
+    return steps
+
+
+def fleet_deploy_input_problems(inputs: Any) -> list[str]:
+    if not isinstance(inputs, Mapping):
+        raise AnsibleFilterError("fleet_deploy_input_problems: give it a dict of extra var name to value")
+    problems = []
+    batch = inputs.get("batch_size")
+    if batch not in (None, ""):
+        steps = _batch_steps(batch)
+        if isinstance(steps, str):
+            problems.append(steps)
+    for name, (least, least_allowed) in SECONDS_INPUTS.items():
+        value = inputs.get(name)
+        if value in (None, ""):
+            continue
+        text = str(value).strip()
+        if not _SECONDS_RE.fullmatch(text):
+            problems.append(f"{name} must be a number of seconds, e.g. {name}=120 for two minutes; got '{value}'.")
+        elif float(text) < least or (float(text) == least and not least_allowed):
+            problems.append(f"{name} must be {'at least' if least_allowed else 'more than'} {least:g} seconds; "
+                            f"got '{value}'.")
+    return problems
+
+
+def fleet_batch_ramp(value: Any) -> list[int | str]:
+    steps = _batch_steps(value)
+    if isinstance(steps, str):
+        raise AnsibleFilterError(steps)
+    return steps
+
+
+class FilterModule:
+    """Deploy input filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "fleet_deploy_input_problems": fleet_deploy_input_problems,
+            "fleet_batch_ramp": fleet_batch_ramp,
+        }

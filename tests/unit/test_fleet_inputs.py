@@ -1,0 +1,62 @@
+"""filter_plugins/fleet_inputs.py: a deploy's extra vars are checked before any host changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from ansible.errors import AnsibleFilterError
+
+from filter_plugins import fleet_inputs
+from filter_plugins.fleet_inputs import FilterModule, fleet_batch_ramp, fleet_deploy_input_problems
+
+
+@pytest.mark.parametrize(("given", "steps"), [
+    (1, [1]), ("3", [3]), ("25%", ["25%"]), ("1,25%,100%", [1, "25%", "100%"]), ("1, 2", [1, 2]),
+])
+def test_a_batch_size_is_a_number_a_share_or_a_ramp(given: Any, steps: list) -> None:
+    assert fleet_batch_ramp(given) == steps
+    assert fleet_deploy_input_problems({"batch_size": given}) == []
+
+
+@pytest.mark.parametrize("given", ["0", "-1", "two", "101%", "1,,2", "1;2", "0%", "1.5", "1,25%,"])
+def test_a_bad_batch_size_is_named_with_the_forms_it_may_take(given: str) -> None:
+    [problem] = fleet_deploy_input_problems({"batch_size": given})
+    assert problem.startswith("batch_size must be a number of hosts (2), a share of them (25%), or a ramp")
+    assert f"in '{given}'" in problem
+    with pytest.raises(AnsibleFilterError, match="batch_size"):
+        fleet_batch_ramp(given)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("health_timeout", "2m"), ("health_timeout", "0"), ("health_interval", "-1"), ("health_interval", "0.0"),
+    ("health_start_grace", "soon"), ("drain_timeout", "30s"), ("drain_timeout", "1e3"), ("health_timeout", True),
+])
+def test_a_bad_duration_names_the_extra_var(name: str, value: Any) -> None:
+    [problem] = fleet_deploy_input_problems({name: value})
+    assert problem.startswith(f"{name} must be")
+    assert f"got '{value}'" in problem
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("health_timeout", "120"), ("health_timeout", 0.5), ("health_interval", "0.05"), ("health_start_grace", "0"),
+    ("drain_timeout", 30), ("drain_timeout", ""), ("health_timeout", None),
+])
+def test_good_or_missing_durations_pass(name: str, value: Any) -> None:
+    assert fleet_deploy_input_problems({name: value}) == []
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = fleet_deploy_input_problems({"batch_size": "x", "health_timeout": "2m", "drain_timeout": "0"})
+    assert [p.split()[0] for p in problems] == ["batch_size", "health_timeout", "drain_timeout"]
+
+
+@pytest.mark.parametrize("name", sorted(FilterModule().filters()))
+def test_documentation_parses(name: str) -> None:
+    prefix = name.upper()
+    doc = yaml.safe_load(getattr(fleet_inputs, f"{prefix}_DOCUMENTATION"))
+    assert doc["name"] == name
+    assert "_input" in doc["options"]
+    assert isinstance(yaml.safe_load(getattr(fleet_inputs, f"{prefix}_EXAMPLES")), list)
+    assert "_value" in yaml.safe_load(getattr(fleet_inputs, f"{prefix}_RETURN"))
