@@ -5,8 +5,8 @@ order and removes what it does not declare, and check mode changes nothing.
 The role's own files run here: tasks/main.yml and the task files it imports, in order, with
 their `when`, `loop`, `register`, `changed_when` and `check_mode`, every template rendered by
 Ansible's Templar with the role's defaults, vars and filter plugin. Only the modules are fakes:
-apt, and a ufw that answers `ufw status verbose` and `ufw show added` as ufw 0.36 does and
-records, after every change, whether a new SSH connection from the controller would still get
+apt, `sshd -T`, and a ufw that answers `ufw status verbose` and `ufw show added` as ufw 0.36 does
+and records, after every change, whether a new SSH connection from the controller would still get
 in. The filters themselves are tested in test_ufw_rules.py.
 """
 
@@ -28,7 +28,8 @@ from ansible.template import Templar, trust_as_template
 ROLE = Path(__file__).resolve().parents[2] / "roles/ufw"
 CONTROLLER = ipaddress.IPv4Address("192.0.2.10")  # where Ansible connects from
 CATALOG = {"main-api": {"slots": [8000, 9000]}, "legacy-api": {"slots": [8010, 9010]}}
-TASK_KEYWORDS = {"name", "loop", "loop_control", "when", "register", "changed_when", "check_mode", "tags"}
+TASK_KEYWORDS = {"name", "loop", "loop_control", "when", "register", "changed_when", "failed_when", "check_mode",
+                 "tags", "vars"}
 HEADER = "Added user rules (see 'ufw status' for running firewall):"
 
 init_plugin_loader()
@@ -55,6 +56,8 @@ class Ufw:
     logging: str = "low"
     rules: list[list[str]] = field(default_factory=list)
     ssh_port: int = 22
+    sshd_ports: list[int] | None = None  # what `sshd -T` says; None: the port the controller uses
+    sshd: bool = True  # installed
     changes: list[str] = field(default_factory=list)
     lockouts: list[str] = field(default_factory=list)  # changes after which SSH was shut out
 
@@ -86,12 +89,25 @@ class Ufw:
         return True
 
     def command(self, argv: list[str]) -> dict[str, Any]:
+        if argv == ["sshd", "-T"]:
+            if not self.sshd:
+                return {"rc": 2, "msg": "[Errno 2] No such file or directory: b'sshd'", "stdout_lines": []}
+            ports = [self.ssh_port] if self.sshd_ports is None else self.sshd_ports
+            lines = ["addressfamily any", *(f"port {port}" for port in ports), "permitrootlogin prohibit-password"]
+            return {"rc": 0, "stdout": "\n".join(lines), "stdout_lines": lines}
         assert self.installed, f"{argv} run on a host without ufw"
         if argv == ["ufw", "status", "verbose"]:
             return {"changed": True, "stdout": self.status()}
         if argv == ["ufw", "show", "added"]:
             lines = [shlex.join(["ufw", *words]) for words in self.rules] or ["(None)"]
             return {"changed": True, "stdout": "\n".join([HEADER, *lines])}  # a command reports a change
+        if argv[:2] == ["ufw", "prepend"]:
+            words = argv[2:] if "proto" in argv else [*argv[2:-2], "proto", "any", *argv[-2:]]
+            if words in self.rules:
+                return {"stdout": "Skipping inserting existing rule"}
+            self.rules.insert(0, words)
+            self.changed(f"prepend {shlex.join(words)}")
+            return {"stdout": "Rule inserted"}
         if argv[:2] == ["ufw", "delete"] and argv[2:] in self.rules:
             self.rules.remove(argv[2:])
             self.changed(f"delete {shlex.join(argv[2:])}")
@@ -99,15 +115,25 @@ class Ufw:
         raise AssertionError(f"command this fake does not know: {argv}")
 
     def status(self) -> str:
-        """`ufw status verbose` as ufw 0.36 (Debian 12) prints it, without the rule table."""
+        """`ufw status verbose` as ufw 0.36 (Debian 12) prints it; the rule table in ufw's order."""
         if not self.enabled:
             return "Status: inactive"
         logging = "off" if self.logging == "off" else f"on ({'low' if self.logging == 'on' else self.logging})"
+        table = []
+        for action, direction, *rest in self.rules:
+            opts = dict(zip(rest[::2], rest[1::2], strict=True))
+            source = "Anywhere" if opts["from"] == "any" else opts["from"]
+            comment = f"  # {opts['comment']}" if "comment" in opts else ""
+            table.append(f"{opts.get('port', 'Anywhere'):27}{action.upper()} {direction.upper():7}{source}{comment}")
         return "\n".join([
             "Status: active",
             f"Logging: {logging}",
             f"Default: {self.incoming} (incoming), {self.outgoing} (outgoing), {self.routed} (routed)",
             "New profiles: skip",
+            "",
+            "To                         Action      From",
+            "--                         ------      ----",
+            *table,
         ])
 
     def changed(self, what: str) -> None:
@@ -191,7 +217,8 @@ def converge(ufw: Ufw, inventory: dict[str, Any] | None = None, check_mode: bool
         assert len(modules) == 1, f"{task.get('name')}: keywords this runner does not know: {sorted(modules)}"
         (module,) = modules
         register = task.get("register")
-        templar = Templar(variables=hostvars)
+        scope = {**hostvars, **task.get("vars", {})}
+        templar = Templar(variables=scope)
         whens = [w for c in conditions if c is not None for w in (c if isinstance(c, list) else [c])]
         if not all(templar.evaluate_conditional(w) for w in whens):
             if register:
@@ -200,13 +227,12 @@ def converge(ufw: Ufw, inventory: dict[str, Any] | None = None, check_mode: bool
         check = check_mode and task.get("check_mode", True) is not False
         results = []
         for item in list(templar.template(task["loop"])) if "loop" in task else [None]:
-            item_templar = Templar(variables={**hostvars, "item": item})
+            item_templar = Templar(variables={**scope, "item": item})
             args, result = run_module(module, task[module], item_templar, ufw, check, hostvars)
             if "changed_when" in task and not result.get("skipped"):
                 when = task["changed_when"]  # it sees the item's result under the register name
                 if not isinstance(when, bool):
-                    scope = {**hostvars, "item": item, register or "": result}
-                    when = Templar(variables=scope).evaluate_conditional(when)
+                    when = Templar(variables={**scope, "item": item, register or "": result}).evaluate_conditional(when)
                 result["changed"] = when
             outcomes.append(Outcome(module, args, bool(result.get("changed")), bool(result.get("skipped"))))
             results.append({**result, "item": item} if "loop" in task else result)
@@ -320,6 +346,30 @@ def test_a_problem_fails_the_role_before_ufw_changes(inventory: dict[str, Any], 
     assert ufw.installed and ufw.changes == []
 
 
+@pytest.mark.parametrize(
+    ("ufw", "message"),
+    [
+        (Ufw(sshd_ports=[2200]), "sshd on web-1 listens on port 2200 (sshd -T), but ufw would allow SSH on "
+                                 "ufw_ssh_port=22: enabling ufw would lock SSH out"),
+        (Ufw(enabled=True, incoming="allow", sshd_ports=[2200, 2201]), "listens on port 2200, 2201 (sshd -T)"),
+    ],
+    ids=["fresh ufw", "ufw allowing everything"],
+)
+def test_ufw_is_not_enabled_when_sshd_does_not_listen_on_the_port_it_allows(ufw: Ufw, message: str) -> None:
+    """Ansible may reach the host on the port ufw allows (a forwarded port, a jump host) while sshd
+    itself listens on another: enabling ufw would shut SSH out for good."""
+    with pytest.raises(RoleFailed) as err:
+        converge(ufw)
+    assert message in str(err.value)
+    assert ufw.changes == []
+
+
+def test_a_host_without_sshd_has_no_ssh_to_lock_out() -> None:
+    ufw = Ufw(sshd=False)
+    converge(ufw, {"ansible_connection": "community.docker.docker"})
+    assert ufw.enabled
+
+
 def test_the_ssh_port_check_only_applies_to_ssh_connections() -> None:
     ufw = Ufw()
     converge(ufw, {"ansible_port": 2222, "ansible_connection": "local"})
@@ -342,6 +392,38 @@ def test_rules_land_in_layer_order_and_a_second_converge_changes_nothing() -> No
     outcomes = converge(ufw, inventory)
     assert ufw.changes == [] and ufw.rules == before
     assert [o for o in outcomes if o.changed] == []
+
+
+BLOCKED = {"ufw_group_rules": [{"name": "node exporter", "port": 9100}],
+           "ufw_host_rules": [{"name": "blocked", "rule": "deny", "port": 80, "from": "203.0.113.7"},
+                              {"name": "no smtp", "rule": "reject", "port": 25}]}
+
+
+def test_deny_and_reject_rules_sit_before_every_allow() -> None:
+    """ufw applies the first rule that matches: a host's deny after the fleet's `allow 80` denies nothing."""
+    ufw = Ufw()
+    converge(ufw, BLOCKED)
+    assert names(ufw) == ["blocked", "no smtp", "ssh", "http", "https", "node exporter"]
+    before = [list(words) for words in ufw.rules]
+    ufw.changes.clear()
+    outcomes = converge(ufw, BLOCKED)
+    assert ufw.changes == [] and ufw.rules == before
+    assert [o for o in outcomes if o.changed] == []
+
+
+def test_denials_held_after_an_allow_move_first_and_no_allow_is_touched() -> None:
+    ufw = Ufw()
+    converge(ufw, BLOCKED)
+    ufw.rules = ufw.rules[2:] + ufw.rules[:2]  # as an older converge appended them
+    ufw.changes.clear()
+    converge(ufw, BLOCKED)
+    assert names(ufw) == ["blocked", "no smtp", "ssh", "http", "https", "node exporter"]
+    assert [change.split()[0] for change in ufw.changes] == ["delete", "delete", "prepend", "prepend"]
+    assert all(" deny " in f" {c} " or " reject " in f" {c} " for c in ufw.changes)
+    # A new denial declared between the two: it lands in its place, not on top.
+    between = {**BLOCKED, "ufw_group_rules": [{"name": "no ftp", "rule": "deny", "port": 21}]}
+    converge(ufw, between)
+    assert names(ufw)[:3] == ["no ftp", "blocked", "no smtp"]
 
 
 def test_undeclared_rules_are_removed_after_the_declared_ones_are_in_place() -> None:

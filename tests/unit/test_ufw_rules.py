@@ -32,17 +32,19 @@ def problems(**lists: Any) -> str:
     return str(err.value)
 
 
-def test_layers_keep_their_order_and_fill_defaults():
-    rules = declared(ssh=SSH, ufw_rules=WEB, ufw_group_rules=[{"name": "dns", "port": 53, "proto": "udp"}],
+def test_denials_come_first_and_each_kind_keeps_the_layers_order():
+    rules = declared(ssh=SSH, ufw_rules=WEB, ufw_group_rules=[{"name": "dns", "port": 53, "proto": "udp"},
+                                                              {"name": "no smtp", "rule": "reject", "port": 25}],
                      ufw_host_rules=[{"name": "blocked", "rule": "deny", "from": "203.0.113.0/24"}])
-    assert [r["name"] for r in rules] == ["ssh", "http", "https", "dns", "blocked"]
-    http = rules[1]
+    # ufw applies the first rule that matches: a host's deny must sit before the group's allow 80.
+    assert [r["name"] for r in rules] == ["no smtp", "blocked", "ssh", "http", "https", "dns"]
+    http = rules[3]
     assert {k: http[k] for k in ("rule", "port", "proto", "from", "to", "interface", "direction")} == {
         "rule": "allow", "port": "80", "proto": "tcp", "from": "any", "to": "any", "interface": None,
         "direction": "in"}
-    assert rules[0]["rule"] == "limit"
+    assert rules[2]["rule"] == "limit"
     # A rule without a port covers every protocol unless it says otherwise.
-    assert rules[4]["proto"] == "any" and rules[4]["port"] is None
+    assert rules[1]["proto"] == "any" and rules[1]["port"] is None
 
 
 def test_comment_carries_an_id_of_what_the_rule_does():
@@ -216,5 +218,73 @@ def test_logging_off_and_undeclared_rules_kept_when_asked():
     assert ufw_rules.ufw_drift(status, added(rules, "ufw allow 8080/tcp"), rules, want) == []
 
 
+# --------------------------------------------------------------------------- denials first
+
+BLOCKED = [{"name": "blocked", "rule": "deny", "port": 80, "from": "203.0.113.7"},
+           {"name": "blocked6", "rule": "deny", "port": 80, "from": "2001:db8::7"},
+           {"name": "no smtp", "rule": "reject", "port": 25}]
+
+
+def status_of(*lines: str) -> str:
+    return ACTIVE.split("22/tcp")[0] + "".join(f"{line}\n" for line in lines)
+
+
+def test_a_deny_ufw_holds_after_an_allow_is_taken_out_to_be_prepended():
+    rules = declared(ssh=SSH, ufw_rules=WEB, ufw_host_rules=BLOCKED)
+    ids = {r["name"]: r["id"] for r in rules}
+    show = "\n".join(["Added user rules (see 'ufw status' for running firewall):",
+                      f"ufw limit 22/tcp comment 'fleet:{ids['ssh']} ssh'",
+                      f"ufw allow 80/tcp comment 'fleet:{ids['http']} http'",
+                      f"ufw deny from 203.0.113.7 to any port 80 proto tcp comment 'fleet:{ids['blocked']} blocked'",
+                      f"ufw reject 25/tcp comment 'fleet:{ids['no smtp']} no smtp'",
+                      f"ufw deny from 2001:db8::7 to any port 80 proto tcp comment 'fleet:{ids['blocked6']} b6'"])
+    late = status_of(f"22/tcp LIMIT IN Anywhere # fleet:{ids['ssh']} ssh",
+                     f"80/tcp ALLOW IN Anywhere # fleet:{ids['http']} http",
+                     f"80/tcp DENY IN 203.0.113.7 # fleet:{ids['blocked']} blocked",
+                     f"25/tcp REJECT IN Anywhere # fleet:{ids['no smtp']} no smtp",
+                     f"22/tcp (v6) LIMIT IN Anywhere (v6) # fleet:{ids['ssh']} ssh",
+                     f"80/tcp DENY IN 2001:db8::7 # fleet:{ids['blocked6']} b6",
+                     f"80/tcp (v6) ALLOW IN Anywhere (v6) # fleet:{ids['http']} http")
+    deletes = ufw_rules.ufw_misplaced_denials(late, show, rules)
+    assert deletes == [["ufw", "delete", "deny", "from", "203.0.113.7", "to", "any", "port", "80", "proto", "tcp",
+                        "comment", f"fleet:{ids['blocked']} blocked"],
+                       ["ufw", "delete", "reject", "25/tcp", "comment", f"fleet:{ids['no smtp']} no smtp"],
+                       ["ufw", "delete", "deny", "from", "2001:db8::7", "to", "any", "port", "80", "proto", "tcp",
+                        "comment", f"fleet:{ids['blocked6']} b6"]]
+    assert "rule out of place (deny and reject rules come first): deny from 203.0.113.7" in " ".join(
+        ufw_rules.ufw_drift(late, show, rules, {**WANT, "remove_undeclared": False}))
+    # Where ufw prepend puts them: first in the IPv4 list and first in the IPv6 list.
+    first = status_of(f"80/tcp DENY IN 203.0.113.7 # fleet:{ids['blocked']} blocked",
+                      f"25/tcp REJECT IN Anywhere # fleet:{ids['no smtp']} no smtp",
+                      f"22/tcp LIMIT IN Anywhere # fleet:{ids['ssh']} ssh",
+                      f"80/tcp ALLOW IN Anywhere # fleet:{ids['http']} http",
+                      f"80/tcp DENY IN 2001:db8::7 # fleet:{ids['blocked6']} b6",
+                      f"25/tcp (v6) REJECT IN Anywhere (v6) # fleet:{ids['no smtp']} no smtp",
+                      f"22/tcp (v6) LIMIT IN Anywhere (v6) # fleet:{ids['ssh']} ssh",
+                      f"80/tcp (v6) ALLOW IN Anywhere (v6) # fleet:{ids['http']} http")
+    assert ufw_rules.ufw_misplaced_denials(first, show, rules) == []
+    # One denial missing: all go back, so that the new one lands in its declared place.
+    assert len(ufw_rules.ufw_misplaced_denials(first, show, declared(
+        ssh=SSH, ufw_rules=WEB, ufw_group_rules=[{"name": "ftp", "rule": "deny", "port": 21}],
+        ufw_host_rules=BLOCKED))) == 3
+
+
+def test_without_declared_denials_nothing_moves():
+    rules = declared(ssh=SSH, ufw_rules=WEB)
+    assert ufw_rules.ufw_misplaced_denials(ACTIVE, added(rules), rules) == []
+
+
+def test_a_rule_becomes_the_ufw_command_that_adds_it():
+    blocked, = declared(ufw_host_rules=[{"name": "blocked", "rule": "deny", "port": "6000:6010", "proto": "udp",
+                                         "from": "203.0.113.0/24", "interface": "eth0"}])
+    assert ufw_rules.ufw_rule_argv(blocked, "prepend") == [
+        "ufw", "prepend", "deny", "in", "on", "eth0", "from", "203.0.113.0/24", "to", "any", "port", "6000:6010",
+        "proto", "udp", "comment", blocked["comment"]]
+    everything, = declared(ufw_host_rules=[{"name": "out", "rule": "reject", "direction": "out"}])
+    assert ufw_rules.ufw_rule_argv(everything) == [
+        "ufw", "reject", "out", "from", "any", "to", "any", "comment", everything["comment"]]
+
+
 def test_filters_are_registered():
-    assert set(ufw_rules.FilterModule().filters()) == {"ufw_declared_rules", "ufw_undeclared_rules", "ufw_drift"}
+    assert set(ufw_rules.FilterModule().filters()) == {
+        "ufw_declared_rules", "ufw_undeclared_rules", "ufw_drift", "ufw_misplaced_denials", "ufw_rule_argv"}

@@ -20,11 +20,12 @@ SCENARIO = Path(__file__).resolve().parents[1]
 CATALOG = PROJECT / "inventories/lab/group_vars/all/fleet_services.yml"
 SERVICES = {name: spec["port"] for name, spec in yaml.safe_load(CATALOG.read_text())["fleet_services"].items()}
 SLOT_PORTS = sorted(p for port in SERVICES.values() for p in (port, port + 1000))
-# The rule names (ufw comments) each host must hold, in order: SSH, ufw_rules, group, host.
+# The rule names (ufw comments) each host must hold, in order: denials, then SSH, ufw_rules, group, host.
 EXPECTED = {
     "mol-ufw-1": ["ssh", "http", "https", "node exporter", "dcgm exporter", "dcgm exporter"],
-    "mol-ufw-2": ["ssh", "http", "https", "node exporter", "syslog"],
+    "mol-ufw-2": ["no https from mol-ufw-1", "ssh", "http", "https", "node exporter", "syslog"],
 }
+HOST_RULES = {"mol-ufw-2": ["syslog", "no https from mol-ufw-1"]}
 
 
 def me(host) -> str:
@@ -100,6 +101,19 @@ def test_from_another_host_slot_ports_are_refused_and_80_answers(host):
         assert probe.rc != 0, f"{target}:{port} answered from {me(peer)}"
 
 
+def test_a_host_deny_beats_the_fleets_allow(host):
+    """mol-ufw-2 denies 443 to mol-ufw-1 although ufw_rules allow 443 to all: ufw applies the first
+    match, so the deny must sit first. Dropped: curl times out (28); the other way it gets through
+    ufw (nginx answers, or refuses if it has no certificate: 7)."""
+    if me(host) != "mol-ufw-2":
+        pytest.skip("runs once, on the host with the deny rule")
+    peer = peer_of(host)
+    denied = peer.run(f"curl -sS --max-time 3 -o /dev/null -k https://{address(host)}/")
+    assert denied.rc == 28, (denied.rc, denied.stderr)
+    allowed = host.run(f"curl -sS --max-time 3 -o /dev/null -k https://{address(peer)}/")
+    assert allowed.rc != 28, (allowed.rc, allowed.stderr)
+
+
 def test_firewall_itself_keeps_a_slot_port_on_loopback(host):
     """Even a slot listener bound to every address (a misconfigured release) is reachable only
     on loopback: ufw, not only the bind address, keeps it in."""
@@ -144,7 +158,7 @@ def test_rule_dropped_from_inventory_is_removed(host):
     dropped = run_converge("--limit", target, "-e", '{"ufw_host_rules": []}')
     try:
         assert dropped.returncode == 0, dropped.stdout[-4000:]
-        assert rule_names(host) == EXPECTED[target][:-1]
+        assert rule_names(host) == [name for name in EXPECTED[target] if name not in HOST_RULES[target]]
         assert "514" not in host.check_output("ufw status")
     finally:
         restored = run_converge("--limit", target)

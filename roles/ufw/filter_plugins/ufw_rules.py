@@ -24,6 +24,10 @@ description:
     C(ufw_host_rules)), checks every rule, and returns them in order with defaults filled in, an
     C(id) and the C(comment) the role writes into ufw.
   - A rule whose C(from) is a list stands for one rule per source address, all with its name.
+  - >-
+    Returned in the order ufw must hold them, as it applies the first rule that matches - every
+    deny and reject rule first, then the allow and limit rules (the SSH ones first); each kind keeps
+    the declared order.
   - Fails with one line per problem, naming the list, the index and the rule's name; an allowed
     rule that would open one of the C(protected_ports) (the catalog's slot ports) is a problem,
     because slot ports stay reachable on loopback only.
@@ -54,6 +58,9 @@ _value:
       proto, from, to, interface (or null), direction, id and comment.
     - ufw_undeclared_rules, the argument vectors of the C(ufw delete) commands that remove every
       rule ufw holds that is not declared.
+    - ufw_misplaced_denials, the argument vectors of the C(ufw delete) commands that take out the
+      declared deny and reject rules, when ufw does not hold them all, in order, before its allows.
+    - ufw_rule_argv, the argument vector of the C(ufw) command that adds a declared rule.
   type: list
 """
 
@@ -67,6 +74,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}$")
 PORT_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?$")
 ADDRESS_RE = re.compile(r"^(any|[0-9A-Fa-f.:]+(/\d{1,3})?)$")
 INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+DENIALS = ("deny", "reject")
+STATUS_COMMENT_RE = re.compile(rf"# fleet:([0-9a-f]{{{ID_LENGTH}}})(?: |$)")
+IPV6_RE = re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:")
 
 
 def _port_range(where: str, value: Any, problems: list[str]) -> tuple[int, int] | None:
@@ -181,7 +191,20 @@ def ufw_declared_rules(rule_lists: Any, protected_ports: Any = ()) -> list[dict[
             problems.append(f"{rule['source']}: has the same name as {named}; names must be unique")
     if problems:
         raise AnsibleFilterError("invalid ufw rules:\n" + "\n".join(f"  - {p}" for p in problems))
-    return rules
+    return sorted(rules, key=lambda rule: rule["rule"] not in DENIALS)  # ufw applies the first match
+
+
+def ufw_rule_argv(rule: Mapping[str, Any], verb: str = "") -> list[str]:
+    """The `ufw [verb] <rule> ...` argument vector that adds a declared rule (verb: prepend, insert N)."""
+    argv = ["ufw", *verb.split(), rule["rule"], rule["direction"]]
+    if rule.get("interface"):
+        argv += ["on", rule["interface"]]
+    argv += ["from", rule["from"], "to", rule["to"]]
+    if rule["port"]:
+        argv += ["port", rule["port"]]
+    if rule["proto"] != "any":
+        argv += ["proto", rule["proto"]]
+    return [*argv, "comment", rule["comment"]]
 
 
 def _added_rules(show_added: str) -> list[tuple[list[str], str | None]]:
@@ -200,6 +223,10 @@ def _added_rules(show_added: str) -> list[tuple[list[str], str | None]]:
     return rules
 
 
+def _delete_argv(words: list[str]) -> list[str]:
+    return ["ufw", "route", "delete", *words[2:]] if words[1] == "route" else ["ufw", "delete", *words[1:]]
+
+
 def ufw_undeclared_rules(show_added: Any, declared: Any) -> list[list[str]]:
     """`ufw delete` argument vectors for each rule in `ufw show added` output that is not declared.
 
@@ -211,13 +238,46 @@ def ufw_undeclared_rules(show_added: Any, declared: Any) -> list[list[str]]:
     ids = {rule["id"] for rule in declared or ()}
     deletes = []
     for words, rule_id in _added_rules(show_added):
-        if rule_id in ids:
-            continue
-        if words[1] == "route":
-            deletes.append(["ufw", "route", "delete", *words[2:]])
-        else:
-            deletes.append(["ufw", "delete", *words[1:]])
+        if rule_id not in ids:
+            deletes.append(_delete_argv(words))
     return deletes
+
+
+def _held_order(status: str) -> dict[bool, list[str]]:
+    """The fleet rule ids in the order ufw applies them, for IPv4 (False) and IPv6 (True) apart:
+    `ufw status verbose` lists one family's rules, then the other's."""
+    order: dict[bool, list[str]] = {False: [], True: []}
+    for line in status.splitlines():
+        found = STATUS_COMMENT_RE.search(line)
+        if found:
+            table = line[:found.start()]
+            order["(v6)" in table or bool(IPV6_RE.search(table))].append(found.group(1))
+    return order
+
+
+def ufw_misplaced_denials(status: Any, show_added: Any, declared: Any) -> list[list[str]]:
+    """`ufw delete` argument vectors for every declared deny and reject rule ufw holds, when ufw does
+    not hold them all before its allow rules and in the declared order; empty when it does.
+
+    They are then all added back with `ufw prepend`, last first, which puts each at the top of
+    ufw's IPv4 and IPv6 lists alike (`ufw insert` would leave a rule's IPv6 half at the end).
+    Meanwhile no allow rule is touched: traffic that is allowed keeps flowing.
+    """
+    if not isinstance(status, str) or not isinstance(show_added, str):
+        raise AnsibleFilterError("ufw_misplaced_denials: expects the stdout of `ufw status verbose` and "
+                                 "`ufw show added`")
+    denials = [rule["id"] for rule in declared or () if rule["rule"] in DENIALS]
+    held = _added_rules(show_added)
+    held_denials = [(words, rule_id) for words, rule_id in held if rule_id in denials]
+    if not held_denials:
+        return []  # nothing to move: the missing ones are prepended anyway
+    declared_ids = {rule["id"] for rule in declared or ()}
+    in_place = len(held_denials) == len(denials)  # one missing: all go back, so the order is exact
+    for order in _held_order(status).values():
+        order = [rule_id for rule_id in order if rule_id in declared_ids]
+        first = [rule_id for rule_id in denials if rule_id in order]
+        in_place = in_place and order[:len(first)] == first
+    return [] if in_place else [_delete_argv(words) for words, _ in held_denials]
 
 
 def ufw_drift(status: Any, show_added: Any, declared: Any, want: Any) -> list[str]:
@@ -245,6 +305,8 @@ def ufw_drift(status: Any, show_added: Any, declared: Any, want: Any) -> list[st
             drift.append(f"default {direction} policy is {policy}, want {want[direction]}")
     present = {rule_id for _, rule_id in _added_rules(show_added)}
     drift += [f"rule {rule['comment']!r} is missing" for rule in declared or () if rule["id"] not in present]
+    drift += [f"rule out of place (deny and reject rules come first): {' '.join(argv[2:])}"
+              for argv in ufw_misplaced_denials(status, show_added, declared)]
     if want["remove_undeclared"]:
         drift += [f"rule to remove: {' '.join(argv[1:])}" for argv in ufw_undeclared_rules(show_added, declared)]
     return drift
@@ -257,5 +319,7 @@ class FilterModule:
         return {
             "ufw_declared_rules": ufw_declared_rules,
             "ufw_undeclared_rules": ufw_undeclared_rules,
+            "ufw_misplaced_denials": ufw_misplaced_denials,
+            "ufw_rule_argv": ufw_rule_argv,
             "ufw_drift": ufw_drift,
         }
