@@ -10,6 +10,7 @@ import urllib.request
 import yaml
 
 from .conftest import ROOT, Lab
+from .helpers import HOST3, flat
 
 CATALOG = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
 SERVICES = {name: spec["port"] for name, spec in CATALOG["fleet_services"].items()}
@@ -49,3 +50,22 @@ def test_slot_ports_are_not_reachable_from_another_host(lab: Lab):
     for port in (p for blue in SERVICES.values() for p in (blue, blue + 1000)):
         probe = lab.ssh(first, f"curl -s --max-time 3 http://{lab.hosts[second]}:{port}/health", check=False)
         assert probe.returncode != 0, f"{second}:{port} answered from {first}"
+
+
+def test_a_failed_certificate_request_fails_the_host_only_after_its_other_roles_ran(lab: Lab):
+    """The ACME server refuses (here: nothing listens on its port): backup, logrotate and ufw still
+    converge on that host, nginx keeps serving over plain HTTP, and the run fails naming why."""
+    result = lab.playbook("site.yml", "--limit", HOST3, "--tags", "certbot,backup,logrotate,ufw",
+                          "-e", "certbot_skip_domains_regex=^$",
+                          "-e", "certbot_acme_server=https://127.0.0.1:1/directory", check=False)
+    assert result.returncode != 0
+    out = flat(result.stdout)
+    assert (f"certbot could not get the certificate of {', '.join(sorted(SERVICES))} on {HOST3}; nginx serves "
+            "them over plain HTTP until it does." in out)
+    assert "Connection refused" in out and "Saving debug log" not in out
+    after_certbot = result.stdout.split("TASK [certbot : Record the certificates certbot could not get", 1)[1]
+    for role in ("backup", "logrotate", "ufw"):
+        assert f"TASK [{role} :" in after_certbot, role
+    assert re.search(rf"^{HOST3}\s*:.*failed=1 ", result.stdout.split("PLAY RECAP", 1)[1], re.MULTILINE)
+    for service in SERVICES:
+        assert through_nginx(lab.hosts[HOST3], service)["service"] == service
