@@ -2,7 +2,9 @@
 
 The fakes record every call and answer like restic 0.14 does; the molecule scenario `backup` runs
 the same job against the real restic and PostgreSQL. Here: the commands it runs and in what order,
-the status file and log line it writes, and that every failure ends in status "failed" and exit 1.
+the status file and log line it writes, and that every failure ends in status "failed" and exit 1;
+that nothing it logs, records or passes on holds a secret. At the end: the restore entry point's
+input checks (roles/backup/tasks/restore_validate.yml), through ansible-playbook.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import os
+import re
+import shutil
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
-SCRIPT = Path(__file__).resolve().parents[2] / "roles" / "backup" / "files" / "fleet_backup.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "roles" / "backup" / "files" / "fleet_backup.py"
 
 
 def load_script() -> ModuleType:
@@ -228,12 +236,18 @@ def test_failed_dump_forgets_its_partial_snapshot_and_fails(fake_host: Host):
     assert "postgresql app: snapshot snap0003" in message  # the other database was still backed up
 
 
-def test_a_second_run_while_one_holds_the_lock_fails(fake_host: Host):
+def test_a_second_run_while_one_holds_the_lock_leaves_quietly(fake_host: Host):
+    # The run holding the lock owns the status file: the second run must neither fail nor touch it.
+    fake_host.status.parent.mkdir(parents=True)
+    fake_host.status.write_text('{"status": "ok", "message": "the running one\'s"}\n')
+    before = fake_host.status.read_bytes()
     with open(fake_host.config["lock_file"], "a") as held:  # type: ignore[call-overload]
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert fake_host.run() == fleet_backup.EXIT_FAILED
+        assert fake_host.run() == fleet_backup.EXIT_OK
     assert fake_host.commands() == []
-    assert fake_host.report()["message"].startswith("another fleet-backup run holds")
+    assert fake_host.status.read_bytes() == before
+    [line] = fake_host.log_lines()
+    assert line.endswith("] another backup run holds the lock; nothing to do")
 
 
 def test_restic_timeout_fails_the_run(fake_host: Host, monkeypatch: pytest.MonkeyPatch):
@@ -305,3 +319,164 @@ def test_status_file_is_replaced_atomically(tmp_path: Path):
     assert (body["status"], body["message"]) == ("failed", "broken")
     assert target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in target.parent.iterdir()] == ["last-run.json"]
+
+
+# --------------------------------------------------------------------------- secrets
+
+CANARY = "CANARY-7f3a"
+REPOSITORY = f"rest:https://svc:{CANARY}-url@backup.example:8000/web-1"
+
+
+def with_secrets(fake_host: Host) -> None:
+    """A repository URL with credentials, a password and an S3 secret, all carrying the canary."""
+    (fake_host.root / "password").write_text(f"{CANARY}-password\n")
+    env = fake_host.root / "repository.env"
+    env.write_text(f"AWS_ACCESS_KEY_ID=AKIAEXAMPLE\nAWS_SECRET_ACCESS_KEY={CANARY}-aws\n")
+    fake_host.config.update(repository=REPOSITORY, environment_file=str(env))
+
+
+def leaky_stderr(url: str = REPOSITORY) -> str:
+    """restic and libraries do echo URLs, and a broken tool might echo anything it was given."""
+    return (f"Fatal: unable to open config file: Stat: {url}/config: 401 Unauthorized\n"
+            f"Is there a repository at the following location?\n{url}\n"
+            f"(password {CANARY}-password, secret {CANARY}-aws)\n")
+
+
+def assert_no_secret(text: str) -> None:
+    assert text.count(CANARY) == 0, text
+    assert not re.search(r"svc:(?!\*\*\*@)", text), text  # not even the start of a cut-off password
+
+
+@pytest.mark.parametrize("padding", [0, 330], ids=["whole", "cut-off"])
+def test_credentials_and_password_never_reach_the_log_or_status(fake_host: Host, padding: int):
+    with_secrets(fake_host)
+    # With padding, the one-line message is cut inside the URL: redaction must come first.
+    fake_host.restic_behaves(fail={"cat": "x" * padding + leaky_stderr()})
+    assert fake_host.run() == fleet_backup.EXIT_FAILED
+    message = fake_host.report()["message"]
+    for text in (fake_host.log.read_text(), fake_host.status.read_text(), message):
+        assert_no_secret(text)
+    assert "repository rest:https://svc:***@backup.example:8000/web-1," in fake_host.log_lines()[0]
+    if not padding:
+        assert message.startswith("cannot open repository rest:https://svc:***@backup.example:8000/web-1: ")
+        assert "(password ***, secret ***)" in message
+
+
+def test_failed_dump_messages_are_redacted(fake_host: Host):
+    with_secrets(fake_host)
+    fake_host.restic_behaves(fail={"backup": leaky_stderr()})
+    assert fake_host.run(databases=["app"]) == fleet_backup.EXIT_FAILED
+    for text in (fake_host.log.read_text(), fake_host.status.read_text()):
+        assert_no_secret(text)
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("rest:https://user:pa$$@host:8000/repo", "rest:https://user:***@host:8000/repo"),
+    ("s3:https://KEY:se/cret@s3.example/bucket", "s3:https://KEY:***@s3.example/bucket"),
+    ("rest:http://:token@host/", "rest:http://:***@host/"),
+    ("https://u:p@ss@host/x", "https://u:***@host/x"),
+    ("sftp:backup@vault.internal:/srv/restic/web-1", "sftp:backup@vault.internal:/srv/restic/web-1"),
+    ("rest:https://host:8000/repo", "rest:https://host:8000/repo"),
+    ("/var/backups/fleet/restic", "/var/backups/fleet/restic"),
+])
+def test_url_credentials_are_redacted_and_users_kept(url: str, shown: str):
+    assert fleet_backup.Redactor()(f"at {url}: fail") == f"at {shown}: fail"
+
+
+def test_pg_dump_gets_only_the_environment_it_needs(fake_host: Host, monkeypatch: pytest.MonkeyPatch):
+    with_secrets(fake_host)
+    seen = fake_host.root / "dump-env.json"
+    dump = fake_host.root / "env-dump"
+    dump.write_text(f"#!{sys.executable}\nimport json, os\n"
+                    f"open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ)))\nprint('PGDMP')\n")
+    dump.chmod(0o755)
+    for name, value in (("RESTIC_PASSWORD", f"{CANARY}-env"), ("B2_ACCOUNT_KEY", "b2"), ("PGHOST", "/run/pg"),
+                        ("LC_ALL", "C.UTF-8"), ("HOME", "/root")):
+        monkeypatch.setenv(name, value)
+    assert fake_host.run(databases=["app"], dump_command=[str(dump), "{database}"]) == fleet_backup.EXIT_OK
+    env = json.loads(seen.read_text())
+    assert {k: env[k] for k in ("PGHOST", "LC_ALL", "HOME")} == {"PGHOST": "/run/pg", "LC_ALL": "C.UTF-8",
+                                                                 "HOME": "/root"}
+    assert env["PATH"] == fleet_backup.SAFE_PATH
+    assert not [k for k in env if k.startswith(("RESTIC_", "AWS_", "B2_", "FAKE_"))], sorted(env)
+    assert CANARY not in seen.read_text()
+
+
+def test_restic_subcommand_passes_restics_messages_on_redacted(fake_host: Host, capfd: pytest.CaptureFixture[str]):
+    with_secrets(fake_host)
+    fake_host.restic_behaves(fail={"snapshots": leaky_stderr()})
+    path = fake_host.root / "config.json"
+    path.write_text(json.dumps(fake_host.config))
+    assert fleet_backup.main(["--config", str(path), "restic", "snapshots", "--json"]) == 1
+    err = capfd.readouterr().err
+    assert_no_secret(err)
+    assert "Is there a repository at the following location?\nrest:https://svc:***@backup.example" in err
+
+
+# --------------------------------------------------------------------------- restore inputs
+
+# One inventory host per case, all local, in one ansible-playbook run: each runs the role's real
+# restore entry point and must stop at the check named, with its message, before anything else.
+RESTORE_CASES: dict[str, tuple[dict[str, object], str, str]] = {
+    "valid": ({"backup_restore_snapshot": "1a2b3c4d", "backup_restore_databases": ["app", "app.v2", "_x"],
+               "backup_restore_load_databases": True},
+              "Check that this host has been set up for backups", "config.json is missing"),
+    "snapshot_as_an_option": ({"backup_restore_snapshot": "--password-command=id"},
+                              "Check the snapshot to restore", "backup_restore_snapshot: \"--password-command=id\""),
+    "snapshot_too_short": ({"backup_restore_snapshot": "1a2b"},
+                           "Check the snapshot to restore", "8 to 64 lowercase hex digits"),
+    "dump_snapshot_bad": ({"backup_restore_database_snapshot": "latest;id"},
+                          "Check the snapshot of the database dumps to restore",
+                          "backup_restore_database_snapshot: \"latest;id\" must be latest"),
+    "dump_id_for_two_databases": ({"backup_restore_database_snapshot": "0123456789abcdef",
+                                   "backup_restore_databases": ["app", "main"]},
+                                  "Check the snapshot of the database dumps to restore",
+                                  "an ID needs backup_restore_databases to name that one database"),
+    "database_sql": ({"backup_restore_databases": ["app", "x'; DROP DATABASE app; --"]},
+                     "Check the databases to restore", "backup_restore_databases[1]: \"x'; DROP DATABASE app; --\""),
+    "database_path": ({"backup_restore_databases": ["../../etc/passwd"]},
+                      "Check the databases to restore", "backup_restore_databases[0]: \"../../etc/passwd\" is not"),
+    "database_too_long": ({"backup_restore_databases": ["d" * 64]},
+                          "Check the databases to restore", "at most 63 characters"),
+    "suffix_sql": ({"backup_restore_databases": ["app"], "backup_restore_load_databases": True,
+                    "backup_restore_database_suffix": "_r' OR '1"},
+                   "Check the name of the databases the dumps are loaded into", "backup_restore_database_suffix:"),
+    "restored_name_too_long": ({"backup_restore_databases": ["d" * 60], "backup_restore_load_databases": True},
+                               "Check the name of the databases the dumps are loaded into", "at most 63 characters"),
+    "relative_target": ({"backup_restore_target": "restore-here"},
+                        "Check the restore target", "backup_restore_target: \"restore-here\" must be an absolute path"),
+}
+
+
+def first_failures(report: dict) -> dict[str, tuple[str, str]]:
+    """Host -> (name of the first task that failed on it, its messages) from the json callback."""
+    failures: dict[str, tuple[str, str]] = {}
+    for task in report["plays"][0]["tasks"]:
+        for host, result in task["hosts"].items():
+            if result.get("failed") and host not in failures:
+                items = [item["msg"] for item in result.get("results", []) if item.get("failed")]
+                failures[host] = (task["task"]["name"].removeprefix("backup : "), " ".join(items) or result["msg"])
+    return failures
+
+
+def test_restore_inputs_are_checked_before_anything_else(tmp_path: Path):
+    inventory = {"all": {"hosts": {name: dict(values) for name, (values, _, _) in RESTORE_CASES.items()},
+                         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                                  "backup_config_dir": str(tmp_path / "no-backup-here")}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "restore.yml").write_text(yaml.safe_dump([{
+        "name": "Restore with the role's restore entry point", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Restore", "ansible.builtin.include_role": {"name": "backup", "tasks_from": "restore"}}],
+    }]))
+    # The roles and nothing else of ansible.cfg: no Mitogen, no timing callback in the JSON output.
+    (tmp_path / "ansible.cfg").write_text(f"[defaults]\nroles_path = {ROOT / 'roles'}\n"
+                                          "stdout_callback = ansible.builtin.json\nretry_files_enabled = false\n")
+    playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+    result = subprocess.run([playbook, "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "restore.yml")],
+                            cwd=tmp_path, env={**os.environ, "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg")},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2, result.stderr
+    failures = first_failures(json.loads(result.stdout))
+    for name, (_, task, message) in RESTORE_CASES.items():
+        assert failures[name][0] == task, (name, failures[name])
+        assert message in failures[name][1], (name, failures[name])

@@ -17,7 +17,10 @@ Installed by the fleet `backup` role, configured by /etc/fleet/backup/config.jso
 6. writes the outcome to the status file ({"status": "ok"|"failed", "started", "finished",
    "message"}) and one line to the log, and exits 0 (ok) or 1 (failed).
 
-Every external command runs under a timeout. Standard library only (Python 3.11, Debian 12).
+A run that finds another run holding the lock logs one line and exits 0, leaving the status file
+to the run that owns it. What the job logs, records or passes on never holds the repository's
+credentials or the backup password (see Redactor). Every external command runs under a timeout.
+Standard library only (Python 3.11, Debian 12).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +49,15 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FILES_TAG = "fleet-files"
 POSTGRESQL_TAG = "fleet-postgresql"
 EXIT_OK, EXIT_FAILED = 0, 1
+# Credentials in a URL: scheme://user:password@ (restic's rest:https://..., s3:https://...). The
+# password runs to the last "@" before a space or quote: an unencoded "@" or "/" in it (an S3
+# secret) must not leave its tail behind. `sftp:user@host:/path` holds no secret: left alone.
+URL_CREDENTIALS = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^\s\"'<>]*@")
+# Repository environment variables whose values are secrets (AWS_SECRET_ACCESS_KEY, B2_ACCOUNT_KEY,
+# RESTIC_PASSWORD, AZURE_ACCOUNT_KEY, GOOGLE_APPLICATION_CREDENTIALS, ...).
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+# What pg_dump (through runuser) gets from the job's environment: never restic's credentials.
+DUMP_ENVIRONMENT = re.compile(r"HOME|LANG|LANGUAGE|TZ|LC_[A-Z_]+|PG[A-Z_]+")
 
 
 class BackupError(Exception):
@@ -102,7 +114,10 @@ def now() -> str:
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    """restic's and pg_dump's stderr as one readable line: the 'Fatal:' part if there is one."""
+    """restic's and pg_dump's stderr as one readable line: the 'Fatal:' part if there is one.
+
+    Redact `text` first: a URL cut short here no longer looks like one.
+    """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal:")), None)
     if fatal is not None:
@@ -135,15 +150,33 @@ def read_environment_file(path: str) -> dict[str, str]:
     return env
 
 
+class Redactor:
+    """Takes URL credentials and known secrets out of text before it is logged, recorded or passed on."""
+
+    # Shorter "secrets" (a region, a flag) would blank out ordinary words of the messages.
+    MIN_SECRET_LENGTH = 4
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is replaced whole.
+        self.secrets = sorted({s for s in secrets if len(s) >= self.MIN_SECRET_LENGTH}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        text = URL_CREDENTIALS.sub(r"\g<prefix>:***@", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
 class Log:
     """Appends timestamped lines to the backup log (and echoes them when run from a terminal)."""
 
-    def __init__(self, path: str, echo: bool) -> None:
+    def __init__(self, path: str, echo: bool, redact: Redactor | None = None) -> None:
         self.path = path
         self.echo = echo
+        self.redact = redact or Redactor()
 
     def __call__(self, message: str) -> None:
-        line = f"{now()} fleet-backup[{os.getpid()}] {message}"
+        line = f"{now()} fleet-backup[{os.getpid()}] {self.redact(message)}"
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:
@@ -169,14 +202,21 @@ def write_status(path: str, status: str, started: str, message: str) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str) -> Iterator[None]:
+def exclusive_lock(path: str) -> Iterator[bool]:
+    """Holds the lock for the block; yields False (and holds nothing) when another run has it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise BackupError(f"another fleet-backup run holds {path}") from exc
-        yield
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def dump_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment pg_dump runs with: locale and libpq settings, none of restic's credentials."""
+    return {**{k: v for k, v in environ.items() if DUMP_ENVIRONMENT.fullmatch(k)}, "PATH": SAFE_PATH}
 
 
 class Restic:
@@ -185,6 +225,10 @@ class Restic:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.env = {**os.environ, "PATH": SAFE_PATH, **read_environment_file(config.environment_file)}
+        secrets = [value for key, value in self.env.items() if SECRET_NAME.search(key)]
+        with suppress(OSError):  # restic reports an unreadable file, without the password in it
+            secrets.append(Path(config.password_file).read_text().strip())
+        self.redact = Redactor(secrets)
 
     def argv(self, *args: str) -> list[str]:
         c = self.config
@@ -201,7 +245,7 @@ class Restic:
             raise BackupError(f"{what}: cannot run {self.config.restic}: {exc}") from exc
         if result.returncode != 0:
             stderr = result.stderr.decode(errors="replace")
-            raise BackupError(f"{what}: restic {args[0]} exited {result.returncode}: {one_line(stderr)}")
+            raise BackupError(f"{what}: restic {args[0]} exited {result.returncode}: {one_line(self.redact(stderr))}")
         return result.stdout.decode(errors="replace")
 
 
@@ -272,7 +316,8 @@ class Run:
                                        "--stdin", "--stdin-filename", f"postgresql/{database}.dump")
         with tempfile.TemporaryFile() as dump_err:
             try:
-                dump = subprocess.Popen(dump_argv, stdout=subprocess.PIPE, stderr=dump_err, env=self.restic.env)
+                dump = subprocess.Popen(dump_argv, stdout=subprocess.PIPE, stderr=dump_err,
+                                        env=dump_environment(os.environ))
             except OSError as exc:
                 self.problems.append(f"{what}: cannot run {dump_argv[0]}: {exc}")
                 return
@@ -304,7 +349,7 @@ class Run:
             snapshot = ""
         if dump_rc != 0:
             # restic stored whatever pg_dump wrote before it failed: never keep a truncated dump.
-            problem = f"{what}: pg_dump exited {dump_rc}: {one_line(dump_stderr)}"
+            problem = f"{what}: pg_dump exited {dump_rc}: {one_line(self.restic.redact(dump_stderr))}"
             if snapshot:
                 try:
                     self.restic.run("forget", snapshot, what=f"{what}: forgetting partial snapshot {snapshot}")
@@ -314,7 +359,7 @@ class Run:
             self.problems.append(problem)
         elif store.returncode != 0:
             self.problems.append(f"{what}: restic backup exited {store.returncode}: "
-                                 f"{one_line(err.decode(errors='replace'))}"
+                                 f"{one_line(self.restic.redact(err.decode(errors='replace')))}"
                                  f"{f' (incomplete snapshot {snapshot})' if snapshot else ''}")
         elif not snapshot:
             self.problems.append(f"{what}: restic backup reported no snapshot")
@@ -365,31 +410,36 @@ def command_run(config_path: str, time: str | None, echo: bool) -> int:
     try:
         config = Config.load(config_path)
     except BackupError as exc:
-        Log(DEFAULT_LOG_FILE, echo)(f"backup FAILED: {exc}")
-        write_status(DEFAULT_STATUS_FILE, "failed", started, str(exc))
+        redact = Redactor()
+        Log(DEFAULT_LOG_FILE, echo, redact)(f"backup FAILED: {exc}")
+        write_status(DEFAULT_STATUS_FILE, "failed", started, redact(str(exc)))
         return EXIT_FAILED
     log = Log(config.log_file, echo)
-    log(f"backup started: repository {config.repository}, {len(config.paths)} paths, "
-        f"{len(config.databases)} databases")
-    run = Run(config, log, time)
+    done: list[str] = []
+    problems: list[str] = []
     try:
-        with exclusive_lock(config.lock_file):
+        with exclusive_lock(config.lock_file) as locked:
+            if not locked:
+                # The run that holds the lock owns the status file and reports its own outcome.
+                log("another backup run holds the lock; nothing to do")
+                return EXIT_OK
+            run = Run(config, log, time, done, problems)
+            log.redact = run.restic.redact
+            log(f"backup started: repository {config.repository}, {len(config.paths)} paths, "
+                f"{len(config.databases)} databases")
             run.execute()
     except BackupError as exc:
-        run.problems.append(str(exc))
+        problems.append(str(exc))
     except Exception as exc:  # report anything unexpected the same way, then fail
-        run.problems.append(f"unexpected error: {type(exc).__name__}: {exc}")
-    if run.problems:
-        message = "; ".join(run.problems)
-        if run.done:
-            message += f" (done: {'; '.join(run.done)})"
-        log(f"backup FAILED: {message}")
-        write_status(config.status_file, "failed", started, message)
-        return EXIT_FAILED
-    message = "; ".join(run.done)
-    log(f"backup ok: {message}")
-    write_status(config.status_file, "ok", started, message)
-    return EXIT_OK
+        problems.append(f"unexpected error: {type(exc).__name__}: {exc}")
+    if problems:
+        status, message = "failed", "; ".join(problems) + (f" (done: {'; '.join(done)})" if done else "")
+    else:
+        status, message = "ok", "; ".join(done)
+    message = log.redact(message)
+    log(f"backup {'ok' if status == 'ok' else 'FAILED'}: {message}")
+    write_status(config.status_file, status, started, message)
+    return EXIT_OK if status == "ok" else EXIT_FAILED
 
 
 def command_restic(config_path: str, args: Sequence[str]) -> int:
@@ -400,9 +450,17 @@ def command_restic(config_path: str, args: Sequence[str]) -> int:
         print(f"fleet-backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        return subprocess.run(restic.argv(*args), env=restic.env, check=False).returncode
+        if sys.stderr.isatty():  # a person at the terminal: restic's prompts and progress as it shows them
+            return subprocess.run(restic.argv(*args), env=restic.env, check=False).returncode
+        # Captured (Ansible, AWX, cron): restic's messages pass on without the repository's credentials.
+        with subprocess.Popen(restic.argv(*args), env=restic.env, stderr=subprocess.PIPE, text=True,
+                              errors="replace") as process:
+            assert process.stderr is not None
+            for line in process.stderr:
+                sys.stderr.write(restic.redact(line))
+        return process.returncode
     except OSError as exc:
-        print(f"fleet-backup: cannot run {restic.config.restic}: {exc}", file=sys.stderr)
+        print(f"fleet-backup: {restic.redact(f'cannot run {restic.config.restic}: {exc}')}", file=sys.stderr)
         return EXIT_FAILED
 
 
