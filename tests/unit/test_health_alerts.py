@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from health_support import (
     XID_LOG,
     Behaviour,
@@ -131,6 +132,42 @@ def test_the_webhook_url_never_reaches_the_log_state_or_metrics(tmp_path):
             text = Path(path).read_text()
             assert "s3cr3t" not in text, path
     assert log_records(refused)[0]["webhook"]["failed"][0]["error"] == "[Errno 111] Connection refused"
+
+
+@pytest.mark.parametrize("url", ["http://user:s3cr3t@localhost/services/T0", "http://user:s3%40cr3t@localhost/hook"],
+                         ids=["plain", "percent-encoded"])
+def test_a_webhook_password_never_reaches_the_report_log_or_state(tmp_path, url):
+    # Without a port, urllib's error quotes what follows "user:" (decoded): "nonnumeric port: 's3cr3t@localhost'".
+    with fake_service(Behaviour(status=500)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = config_for(tmp_path, url, webhook={"retries": 0})
+        _, record = run(config)
+    error = record["webhook"]["failed"][0]["error"]
+    assert error.startswith("nonnumeric port")
+    for text in (error, Path(config.log_file).read_text(), Path(config.state_file).read_text()):
+        assert "cr3t" not in text, text
+
+
+@pytest.mark.parametrize("cut_inside_the_password", [False, True])
+def test_urls_quoted_by_the_backup_status_never_reach_alerts_log_or_state(tmp_path, cut_inside_the_password):
+    with webhook_receiver(token="T0/B0/s3cr3t-t0ken") as hook:
+        head = f"alerting {hook.url} failed; cannot open repository rest:https://svc:"
+        # The checker keeps 200 characters of the message: make the cut fall 3 characters into the password.
+        padding = "x" * (197 - len(head)) if cut_inside_the_password else ""
+        status = tmp_path / "last-run.json"
+        status.write_text(json.dumps({"status": "failed", "finished": fh.iso(fh.utcnow()),
+                                      "message": f"{padding}{head}CANARY-pw@backup.example:8000/web-1: 401"}))
+        config = make_config(tmp_path, webhook={"url": hook.url}, backup={"enabled": True, "status_file": str(status)})
+        code, record = run(config)
+    assert code == 2 and hook.kinds() == ["ALERT"]
+    texts = [m["text"] for m in hook.messages] + [json.dumps(record), Path(config.log_file).read_text(),
+                                                   Path(config.state_file).read_text()]
+    for text in texts:
+        assert "s3cr3t" not in text and "CANARY" not in text, text
+        assert not re.search(r"svc:(?!\*\*\*)", text), text  # not even the head of a cut-off password
+    if not cut_inside_the_password:
+        assert "alerting <webhook> failed; cannot open repository rest:https://svc:***@backup.example:8000" in (
+            hook.messages[0]["text"])
 
 
 def test_xid_events_alert_once_and_never_recover(tmp_path, monkeypatch):

@@ -31,7 +31,9 @@ systemd cannot see), one slot per run at most, and logs and alerts the action.
 
 `--no-webhook` makes a run read-only: nothing is sent, the state file is neither written nor
 locked, and nothing is restarted, so a look by hand never eats an alert that cron should send.
-The webhook URL is a secret: it is read from the (0600) config and never logged or printed.
+The webhook URL is a secret: it is read from the (0600) config and never logged, printed, kept in
+the state file or sent in an alert (see redact), nor is the password of any URL a message quotes
+(a backup repository's rest:https://user:password@...).
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ REMAP_FIELDS = (
 DEFAULT_XID_CRITICAL = (48, 61, 62, 64, 74, 79, 94, 95, 119, 120, 140)
 NOT_AVAILABLE = {"[n/a]", "n/a", "[not supported]", "not supported", ""}
 
+# Credentials in any URL: scheme://user:password@, the password running to the last "@" before a
+# space or quote. The same rule as the backup job's (roles/backup/files/fleet_backup.py); each
+# script is installed on its own, so each carries it.
+_URL_CREDENTIALS = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^\s\"'<>]*@")
 _XID_RE = re.compile(r"NVRM: Xid \((?P<pci>[^)]*)\): (?P<xid>\d+)(?:, ?(?P<rest>.*))?")
 _KTIME_RE = re.compile(r"^\s*\[\s*(?P<ts>\d+\.\d+)\]")
 
@@ -908,7 +914,8 @@ def check_backup(backup: BackupSettings, metrics: Metrics, now: dt.datetime) -> 
     metrics.add("backup_status_present", "1 when the backup job has written its outcome.", 1)
     if not isinstance(record, dict):
         return [Finding("backup", "last_run", CRITICAL, f"{path} is not a JSON object")]
-    status, message = record.get("status"), str(record.get("message", ""))[:200]
+    # Redacted before it is cut short: a URL cut before its "@" no longer looks like one.
+    status, message = record.get("status"), redact_credentials(str(record.get("message", "")))[:200]
     finished = _parse_time(record.get("finished"))
     if finished is not None:
         age_h = max(0.0, (now - finished).total_seconds() / 3600)
@@ -1003,15 +1010,29 @@ def run_lock(state_file: str, wait_s: float) -> Iterator[bool]:
 
 # --------------------------------------------------------------------------- webhook
 
-def _scrub(text: str, url: str) -> str:
-    """Remove the webhook URL and its path (the secret part) from a message."""
-    if not url:
-        return text
+def redact_credentials(text: str) -> str:
+    """Replace the password of every URL in `text` with ***."""
+    return _URL_CREDENTIALS.sub(r"\g<prefix>:***@", text)
+
+
+@functools.cache
+def _webhook_secrets(url: str) -> tuple[str, ...]:
+    """The parts of the webhook URL that grant access (all of it, its path, query and password),
+    as written, percent-decoded (urllib's errors quote the decoded host) and JSON-escaped (the log
+    and state are JSON), longest first so that no part is left half-replaced."""
     parts = urllib.parse.urlsplit(url)
-    for secret in (url, parts.path, parts.query):
-        if len(secret) > 1:
-            text = text.replace(secret, "<webhook>")
-    return text
+    forms: set[str] = set()
+    for part in (url, parts.path, parts.query, parts.password or ""):
+        for form in (part, urllib.parse.unquote(part)):
+            forms |= {form, json.dumps(form)[1:-1]}
+    return tuple(sorted((f for f in forms if len(f) > 1), key=len, reverse=True))
+
+
+def redact(text: str, url: str) -> str:
+    """Remove the webhook URL `url` (its secret parts) and every URL's password from a message."""
+    for secret in _webhook_secrets(url) if url else ():
+        text = text.replace(secret, "<webhook>")
+    return redact_credentials(text)
 
 
 def post_webhook(settings: WebhookSettings, payload: dict[str, Any],
@@ -1048,7 +1069,7 @@ def post_webhook(settings: WebhookSettings, payload: dict[str, Any],
             break
         sleep(pause)
         backoff *= 2
-    return False, _scrub(error, settings.url), attempts
+    return False, redact(error, settings.url), attempts
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -1234,6 +1255,8 @@ def notify(config: Config, host: str, status: str, findings: list[Finding], stat
         told = dict(notified)
         waiting = (pending + events)[-50:]
         for kind, payload in compose_messages(host, status, new, waiting, recovered, len(current)):
+            # Messages of a state written before redaction existed may still quote a secret.
+            payload = {"text": redact(payload["text"], config.webhook.url)}
             delivered, error, attempts = post_webhook(config.webhook, payload)
             (report["sent"] if delivered else report["failed"]).append(
                 {"kind": kind, "attempts": attempts, **({"error": error} if error else {})})
@@ -1272,6 +1295,8 @@ def _execute(config: Config, options: Options, runner: Runner) -> tuple[int, dic
     metrics = Metrics()
     state = load_state(config.state_file)
     findings, new_state, actions = run_checks(config, state, options, runner, metrics, now)
+    for finding in findings:  # the messages go into the log, the state file and the alerts
+        finding.message = redact(finding.message, config.webhook.url)
     status = worst(f.severity for f in findings)
     webhook, told, new, recovered = notify(config, host, status, findings, state, now, options.read_only)
 
@@ -1302,10 +1327,11 @@ def _execute(config: Config, options: Options, runner: Runner) -> tuple[int, dic
     }
     if not options.read_only:
         new_state.update(version=STATE_VERSION, updated=iso(now), **told)
-        write_atomic(Path(config.state_file), json.dumps(new_state, indent=1) + "\n", 0o600)
+        write_atomic(Path(config.state_file), redact(json.dumps(new_state, indent=1), config.webhook.url) + "\n",
+                     0o600)
     if config.metrics_dir:
         write_atomic(Path(config.metrics_dir) / METRICS_FILE, metrics.render(), 0o644)
-    append_line(config.log_file, _scrub(json.dumps(record, indent=2 if options.pretty else None), config.webhook.url))
+    append_line(config.log_file, redact(json.dumps(record, indent=2 if options.pretty else None), config.webhook.url))
     return EXIT_CODES[status], record
 
 
@@ -1360,7 +1386,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code, _ = execute(config, options)
     except Exception as exc:  # the last word of a cron job must reach its log
-        message = _scrub(f"checker crashed: {type(exc).__name__}: {exc}", config.webhook.url)
+        message = redact(f"checker crashed: {type(exc).__name__}: {exc}", config.webhook.url)
         print(f"fleet-health: {message}", file=sys.stderr)
         with contextlib.suppress(OSError):
             append_line(config.log_file, json.dumps({"time": iso(utcnow()), "host": config.host or socket.gethostname(),
