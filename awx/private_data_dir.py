@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,10 +86,18 @@ def copy_inventory(sources: Iterable[Path], dest: Path) -> None:
                 shutil.copytree(beside, dest / vars_dir, dirs_exist_ok=True)
 
 
-def write_json(path: Path, data: Mapping[str, Any], mode: int = 0o600) -> None:
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `text` to a file that has `mode` from the moment it exists: written then chmod'ed, a
+    secret would sit readable (per the umask) in between."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
-    path.chmod(mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(fd, mode)  # a file that existed keeps its mode through O_CREAT; the umask may drop bits
+        handle.write(text)
+
+
+def write_json(path: Path, data: Mapping[str, Any], mode: int = 0o600) -> None:
+    write_private(path, json.dumps(dict(data), indent=2, sort_keys=True) + "\n", mode)
 
 
 def make_private_data_dir(
@@ -109,8 +118,7 @@ def make_private_data_dir(
     write_json(env / "envvars", {"ANSIBLE_FORCE_COLOR": "0", **(envvars or {})})
     write_json(env / "settings", settings or {})
     if ssh_key is not None:
-        (env / "ssh_key").write_text(ssh_key.read_text())
-        (env / "ssh_key").chmod(0o600)
+        write_private(env / "ssh_key", ssh_key.read_text())
     copy_inventory(inventory, dest / "inventory")
     copy_project(repo, dest / "project")
     return dest

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +35,40 @@ def test_the_layout_is_awxs(tmp_path: Path):
         assert (dest / secret).stat().st_mode & 0o777 == 0o600, secret
     assert (dest / "inventory/hosts.yml").read_text() == (PRODUCTION / "hosts.yml").read_text()
     assert (dest / "inventory/group_vars/all/fleet_services.yml").is_file()
+
+
+def test_secrets_are_never_readable_by_others_not_even_for_a_moment(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """Each file of env/ is looked at the instant it is opened, before a byte of it is written."""
+    env = tmp_path / "job" / "env"
+    modes: dict[str, int] = {}
+
+    def watching(real: Callable[..., Any]) -> Callable[..., Any]:
+        def opened(path: Any, *args: Any, **kwargs: Any) -> Any:
+            result = real(path, *args, **kwargs)
+            if isinstance(path, str | os.PathLike) and Path(path).parent == env:  # not os.fdopen's fd
+                modes.setdefault(Path(path).name, os.stat(path).st_mode & 0o777)
+            return result
+        return opened
+
+    for module, name in ((os, "open"), (io, "open"), (builtins, "open")):
+        monkeypatch.setattr(module, name, watching(getattr(module, name)))
+    key = tmp_path / "key"
+    key.write_text("not a real key\n")
+    old_umask = os.umask(0o022)
+    try:
+        private_data_dir.make_private_data_dir(tmp_path / "job", [PRODUCTION / "hosts.yml"], ssh_key=key)
+    finally:
+        os.umask(old_umask)
+    assert modes == dict.fromkeys(("extravars", "envvars", "settings", "ssh_key"), 0o600)
+
+
+def test_an_existing_file_is_made_private_before_it_is_written(tmp_path: Path):
+    target = tmp_path / "ssh_key"
+    target.write_text("old")
+    target.chmod(0o644)
+    private_data_dir.write_private(target, "secret\n")
+    assert (target.stat().st_mode & 0o777, target.read_text()) == (0o600, "secret\n")
 
 
 def test_the_project_is_the_repository_as_a_clone_has_it(tmp_path: Path):
