@@ -15,6 +15,7 @@ old slot. Nothing here reloads nginx: the switch is one value in its slot table 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -662,7 +663,15 @@ def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id:
         "phase": outcome.phase, "message": outcome.message, "seconds": round(time.time() - started, 3),
         "durations": outcome.durations, "broke_lock": outcome.broke_lock, "reconciled": outcome.reconciled,
     }
+    data = memoryview((json.dumps(line, sort_keys=True) + "\n").encode("utf-8"))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line, sort_keys=True) + "\n")
+    try:
+        # Two deploys on one host append at once. O_APPEND alone keeps a write whole only where
+        # the filesystem serialises writes (not NFS, not a short write): the lock keeps each line
+        # whole everywhere, for every writer and reader that takes it (closing the fd releases it).
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        while data:  # one write, unless the kernel takes only part of it
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
