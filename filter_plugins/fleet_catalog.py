@@ -697,21 +697,24 @@ def _check_slots(
 
 
 def _check_routes(catalog: Mapping[str, dict[str, Any]], problems: _Problems) -> None:
-    claimed: dict[tuple[str, str], str] = {}
+    """A server name belongs to one service (the nginx role writes one server block per service, and
+    nginx ignores a second block of the same name); on the default server, one service per location."""
+    named: dict[str, str] = {}
+    located: dict[str, str] = {}
     for name, svc in catalog.items():
         nginx = svc["nginx"]
-        for server_name in nginx["server_names"] or [""]:
-            route = (server_name, nginx["location"])
-            other = claimed.setdefault(route, name)
-            if other == name:
-                continue
-            if server_name:
+        for server_name in nginx["server_names"]:
+            other = named.setdefault(server_name, name)
+            if other != name:
                 problems.add(f"{name}.nginx.server_names",
-                             f"server_name '{server_name}' location '{route[1]}' is already routed to "
-                             f"service '{other}'; give one of them another server_name or location")
-            else:
+                             f"server_name '{server_name}' is already served by service '{other}' (nginx serves a "
+                             "name from one server block); give this service its own server_name, or route both "
+                             "services by location on nginx's default server (no server_names)")
+        if not nginx["server_names"]:
+            other = located.setdefault(nginx["location"], name)
+            if other != name:
                 problems.add(f"{name}.nginx.location",
-                             f"location '{route[1]}' on nginx's default server is already routed to "
+                             f"location '{nginx['location']}' on nginx's default server is already routed to "
                              f"service '{other}'; give one of them another location or server_names")
 
 

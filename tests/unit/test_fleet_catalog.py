@@ -486,16 +486,13 @@ def test_server_names_must_be_a_list() -> None:
             "fleet_services.main-api.nginx.server_names:", "must be a list")
 
 
-def test_same_server_name_and_location_collide() -> None:
-    services = with_change("personas-api", "nginx.server_names", ["main-api.fleet.test"])
+@pytest.mark.parametrize("location", ["/", "/p/"])
+def test_a_server_name_belongs_to_one_service(location: str) -> None:
+    """nginx serves a name from one server block: a second service's block of the same name, even
+    on another location, would be ignored ("conflicting server name")."""
+    services = with_change("personas-api", "nginx", {"server_names": ["main-api.fleet.test"], "location": location})
     problem(services, "fleet_services.personas-api.nginx.server_names:",
-            "server_name 'main-api.fleet.test' location '/' is already routed to service 'main-api'")
-
-
-def test_same_server_name_different_location_is_fine() -> None:
-    services = with_change("personas-api", "nginx",
-                           {"server_names": ["main-api.fleet.test"], "location": "/p/"})
-    assert fleet_validated_catalog(services, GROUPS)
+            "server_name 'main-api.fleet.test' is already served by service 'main-api'")
 
 
 def test_default_server_locations_collide() -> None:
