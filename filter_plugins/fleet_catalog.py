@@ -31,6 +31,8 @@ SERVICE_KEYS = (
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health", "status": 200, "body": "", "timeout": 60, "interval": 0.1, "start_grace": 0,
 }
+# Set by the unit template for each slot; EnvironmentFile= would win over them.
+RESERVED_ENVIRONMENT = ("FLEET_SERVICE", "FLEET_SLOT_PORT")
 RELEASE_KEYS = ("version", "archive", "sha256", "keep")
 NGINX_KEYS = ("server_names", "location")
 
@@ -556,6 +558,9 @@ def _environment(name: str, value: Any, problems: _Problems) -> list[str]:
         if not isinstance(key, str) or not _ENV_NAME_RE.fullmatch(key):
             problems.add(f"{where}.{key}", f"'{key}' is not a valid variable name; use letters, digits "
                                            "and '_', not starting with a digit")
+        elif key in RESERVED_ENVIRONMENT:
+            problems.add(f"{where}.{key}", f"{key} is set by fleet for every slot (the unit's Environment=), "
+                                           "and an environment file would override it; use another name")
         elif not (isinstance(val, str) or _is_number(val)):
             problems.add(f"{where}.{key}", f"must be a string or a number, got {_kind(val)}; quote it, "
                                            f"e.g. {key}: \"...\"")

@@ -389,6 +389,7 @@ def test_bad_command(command: Any, expected: str) -> None:
     ("OPTS", {"a": 1}, "must be a string or a number"),
     ("MULTI", "a\nb", "control character '\\n'"),
     ("ESC", "a\x1bb", "control character '\\x1b'"),
+    ("FLEET_SLOT_PORT", "80", "set by fleet for every slot"),
 ])
 def test_bad_environment(key: str, value: Any, expected: str) -> None:
     problem(with_change("main-api", f"environment.{key}", value),
