@@ -188,7 +188,8 @@ def test_pruning_keeps_exactly_what_the_policy_says(host):
 
 def test_wrong_password_fails_clearly(host):
     host.check_output("install -m 0600 /dev/null /var/tmp/mol-wrong-password")
-    host.check_output("echo wrong > /var/tmp/mol-wrong-password")
+    # Not a word the messages use: the job redacts the password wherever it appears in them.
+    host.check_output("echo not-the-password-4e2a > /var/tmp/mol-wrong-password")
     alt = write_config(host, "/var/tmp/mol-wrong-password.json", password_file="/var/tmp/mol-wrong-password")
     result = run_job(host, alt)
     assert result.rc == 1
@@ -198,6 +199,7 @@ def test_wrong_password_fails_clearly(host):
     assert "cannot open repository" in report["message"] and "wrong password" in report["message"]
     line = last_log_line(host)
     assert "backup FAILED: cannot open repository" in line and "wrong password or no key found" in line
+    assert "not-the-password-4e2a" not in line + report["message"]
 
 
 def test_unreachable_repository_fails_clearly(host):
