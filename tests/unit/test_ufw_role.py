@@ -336,6 +336,8 @@ def test_ssh_rules(inventory: dict[str, Any], ssh: list[list[str]]) -> None:
         ({"ufw_host_rules": [{"name": "api", "port": 9010}]}, "ufw_host_rules[0] (api): opens port 9010"),
         ({"ufw_group_rules": [{"name": "x", "port": "http"}]}, "ufw_group_rules[0] (x): port 'http'"),
         ({"ansible_port": 2222}, "Ansible reaches web-1 over SSH on port 2222, but ufw_ssh_port is 22"),
+        ({"ufw_host_rules": [{"name": "block all", "rule": "deny"}]},
+         "ufw_host_rules[0] (block all): denies the SSH port 22 to every source"),
     ],
 )
 def test_a_problem_fails_the_role_before_ufw_changes(inventory: dict[str, Any], message: str) -> None:

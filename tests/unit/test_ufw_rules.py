@@ -288,3 +288,27 @@ def test_a_rule_becomes_the_ufw_command_that_adds_it():
 def test_filters_are_registered():
     assert set(ufw_rules.FilterModule().filters()) == {
         "ufw_declared_rules", "ufw_undeclared_rules", "ufw_drift", "ufw_misplaced_denials", "ufw_rule_argv"}
+
+
+@pytest.mark.parametrize("rule", [
+    {"name": "block all", "rule": "deny"},
+    {"name": "no low ports", "rule": "reject", "port": "1:1024"},
+    {"name": "no ssh", "rule": "deny", "port": 22, "proto": "tcp"},
+])
+def test_a_denial_of_the_ssh_port_to_every_source_is_refused(rule):
+    """Denials come before the SSH rule: this one would lock every SSH client out."""
+    with pytest.raises(AnsibleFilterError) as err:
+        ufw_rules.ufw_declared_rules({"ssh": SSH, "ufw_host_rules": [rule]}, SLOTS, 22)
+    verb = {"deny": "denies", "reject": "rejects"}[rule["rule"]]
+    assert f"ufw_host_rules[0] ({rule['name']}): {verb} the SSH port 22 to every source" in str(err.value)
+
+
+@pytest.mark.parametrize("rule", [
+    {"name": "one source", "rule": "deny", "from": "203.0.113.7"},
+    {"name": "other ports", "rule": "deny", "port": "23:1024"},
+    {"name": "udp", "rule": "deny", "port": 22, "proto": "udp"},
+    {"name": "outgoing", "rule": "deny", "port": 22, "direction": "out"},
+])
+def test_denials_that_leave_ssh_open_are_accepted(rule):
+    rules = ufw_rules.ufw_declared_rules({"ssh": SSH, "ufw_host_rules": [rule]}, SLOTS, 22)
+    assert rule["name"] in [r["name"] for r in rules]

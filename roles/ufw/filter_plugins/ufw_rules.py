@@ -31,7 +31,7 @@ description:
   - Fails with one line per problem, naming the list, the index and the rule's name; an allowed
     rule that would open one of the C(protected_ports) (the catalog's slot ports) is a problem,
     because slot ports stay reachable on loopback only.
-positional: rule_lists, protected_ports
+positional: rule_lists, protected_ports, ssh_port
 options:
   rule_lists:
     description: Mapping of list name to a list of rules.
@@ -42,6 +42,11 @@ options:
     type: list
     elements: int
     default: []
+  ssh_port:
+    description:
+      - The SSH port; a deny or reject rule that covers it for every source is a problem, as
+        denials come before the SSH rule and it would lock SSH out. Unset, nothing is checked.
+    type: int
 """
 
 EXAMPLES = r"""
@@ -155,7 +160,7 @@ def _rule(where: str, raw: Any, source: Any, protected: set[int], problems: list
     return rule
 
 
-def ufw_declared_rules(rule_lists: Any, protected_ports: Any = ()) -> list[dict[str, Any]]:
+def ufw_declared_rules(rule_lists: Any, protected_ports: Any = (), ssh_port: Any = None) -> list[dict[str, Any]]:
     """Every declared rule, in order, validated, with its id and ufw comment."""
     if not isinstance(rule_lists, Mapping):
         raise AnsibleFilterError("ufw_declared_rules: expects a mapping of list name to rules, "
@@ -189,9 +194,27 @@ def ufw_declared_rules(rule_lists: Any, protected_ports: Any = ()) -> list[dict[
         named = seen.setdefault("name:" + rule["name"], rule["source"])
         if named != rule["source"]:
             problems.append(f"{rule['source']}: has the same name as {named}; names must be unique")
+    if ssh_port is not None:
+        problems += _ssh_shut_out(rules, int(ssh_port))
     if problems:
         raise AnsibleFilterError("invalid ufw rules:\n" + "\n".join(f"  - {p}" for p in problems))
     return sorted(rules, key=lambda rule: rule["rule"] not in DENIALS)  # ufw applies the first match
+
+
+def _covers(rule: Mapping[str, Any], port: int) -> bool:
+    low, _, high = (rule["port"] or "1:65535").partition(":")
+    return int(low) <= port <= int(high or low)
+
+
+def _ssh_shut_out(rules: list[dict[str, Any]], port: int) -> list[str]:
+    """Denials go before every allow, SSH's included: one that refuses the SSH port to every source
+    would lock every SSH client out, the next converge's included."""
+    verbs = {"deny": "denies", "reject": "rejects"}
+    return [f"{r['source']}: {verbs[r['rule']]} the SSH port {port} to every source, and deny and reject rules "
+            "come before the SSH rule: it would lock SSH out; give it a `from` or a port range without "
+            f"{port}" for r in rules
+            if r["rule"] in DENIALS and r["direction"] == "in" and r["from"] == "any" and not r["interface"]
+            and r["proto"] != "udp" and _covers(r, port)]
 
 
 def ufw_rule_argv(rule: Mapping[str, Any], verb: str = "") -> list[str]:
