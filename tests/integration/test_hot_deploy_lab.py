@@ -153,7 +153,8 @@ def test_a_concurrent_deploy_of_the_same_service_is_refused(lab: Lab, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while lab.ssh(host, f"test -e {marker}", check=False).returncode != 0:
-            assert time.monotonic() < deadline and first.poll() is None, "first deploy never reached its start"
+            assert time.monotonic() < deadline and first.poll() is None, (
+                f"first deploy never reached its start:\n{(tmp_path / 'first.log').read_text()[-3000:]}")
             time.sleep(0.3)
         second = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.2.0", "--limit", host,
                               check=False)
