@@ -25,8 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +34,11 @@ from ansible.errors import AnsibleFilterError
 from hypothesis import Phase, given, settings
 
 from filter_plugins.fleet_catalog import fleet_validated_catalog
-from lab import model
-from lab.dockerctl import daemon_answers, docker
+from lab.dockerctl import docker
 from tests.unit.test_catalog_properties import GROUPS, PROFILE, PROGRAMS, SHA, Generated, generated_catalogs
 
 from .conftest import ROOT
+from .guest import booted_container
 
 DRAWN = 100  # catalogs drawn, the same on every run; about 40 pass validation and are all checked
 PROBE_COMMAND = (
@@ -164,23 +162,9 @@ def render(catalogs: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[str]:
-    """A container of the lab image, booted, with the nginx role's packages installed."""
-    if not daemon_answers():
-        pytest.skip("no Docker daemon answers: start one with `python3 -m lab dockerd`")
-    # Builds the lab image when it is missing; a cached image costs well under a second.
-    subprocess.run([sys.executable, "-m", "lab", "build"], cwd=ROOT, check=True, timeout=2400,
-                   stdout=subprocess.DEVNULL)
-    name = f"fleet-catalog-render-{uuid.uuid4().hex[:8]}"  # ours alone: no lab's container is touched
-    docker("run", "-d", "--name", name, *model.RUN_FLAGS, model.STABLE_TAG)
-    try:
-        deadline = time.monotonic() + 120
-        while not model.is_booted(model.parse_system_state(
-                docker("exec", name, "systemctl", "is-system-running", check=False, timeout=10).stdout)):
-            assert time.monotonic() < deadline, f"systemd in {name} did not finish booting"
-            time.sleep(0.3)
+    """A container of the lab image, booted (the test installs the nginx role's packages)."""
+    with booted_container("fleet-catalog-render") as name:
         yield name
-    finally:
-        docker("rm", "-f", name, check=False, timeout=60)
 
 
 def test_accepted_catalogs_render_configs_nginx_and_systemd_accept(guest: str, tmp_path: Path) -> None:

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from filter_plugins.fleet_systemd import fleet_systemd_env_value
-from lab import model
-from lab.dockerctl import daemon_answers, docker
+from lab.dockerctl import docker
 
-from .conftest import ROOT
+from .guest import booted_container
 
 VALUES = {
     "BACKSLASH": "back\\slash",
@@ -50,24 +45,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def systemd_container() -> Iterator[str]:
-    if not daemon_answers():
-        pytest.skip("no Docker daemon answers: start one with `python3 -m lab dockerd`")
-    # Builds the lab image when it is missing; a cached image costs well under a second.
-    subprocess.run([sys.executable, "-m", "lab", "build"], cwd=ROOT, check=True, timeout=2400,
-                   stdout=subprocess.DEVNULL)
-    name = f"fleet-envfile-{uuid.uuid4().hex[:8]}"  # ours alone: no lab's container is touched
-    docker("run", "-d", "--name", name, "--network", "none", *model.RUN_FLAGS, model.STABLE_TAG)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            state = docker("exec", name, "systemctl", "is-system-running", check=False, timeout=10).stdout
-            if model.is_booted(model.parse_system_state(state)):
-                break
-            assert time.monotonic() < deadline, f"systemd in {name} did not finish booting: {state!r}"
-            time.sleep(0.3)
+    with booted_container("fleet-envfile", "--network", "none") as name:
         yield name
-    finally:
-        docker("rm", "-f", name, check=False, timeout=60)
 
 
 def test_systemd_gives_the_process_exactly_the_original_values(systemd_container: str):
