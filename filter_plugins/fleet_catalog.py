@@ -73,7 +73,10 @@ short_description: Validate and normalise the fleet service catalog
 description:
   - Checks every service in O(fleet_services) and returns a new mapping with all defaults
     filled in and derived keys added (V(name), V(blue_port), V(green_port), V(slots), V(hosts),
-    V(unit), V(upstream)).
+    V(certificate_issuer), V(unit), V(upstream)).
+  - V(certificate_issuer) is the first of the service's hosts (sorted), the one host that requests
+    the service's TLS certificate; the others receive a copy and pass it the ACME challenges they
+    are asked for, so a name served by many hosts is certified once.
   - C(environment) values are checked but not returned, only their names (V(environment_names)) -
     they are secrets, and the result becomes a fact that Ansible prints (at -v, and in AWX's job
     events). The service role reads the values from O(fleet_services) when it writes a slot's
@@ -659,6 +662,8 @@ def _service(name: str, raw: Any, groups: Mapping[str, Any], problems: _Problems
         "drain_timeout": _integer(f"{name}.drain_timeout", raw.get("drain_timeout"), problems, 30, 1),
         "user": _string(f"{name}.user", raw.get("user"), problems, "user: fleet", "fleet"),
         "hosts": hosts,
+        # One host requests the certificate of names served by many (certbot, nginx).
+        "certificate_issuer": hosts[0] if hosts else None,
         "unit": f"{name}@",
         "upstream": "fleet_" + name.replace("-", "_"),
     }

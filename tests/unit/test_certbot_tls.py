@@ -64,6 +64,11 @@ def render(template: str, **extra: Any) -> str:
     )
     env.filters["comment"] = lambda text: f"#\n# {text}\n#"
     variables = {**LAYOUT_DEFAULTS, **NGINX_DEFAULTS, "ansible_managed": "Ansible managed", **extra}
+    if "__nginx_service" in extra and "__nginx_certificates" not in extra:
+        # What tasks/tls.yml finds on the host that issues the certificate (certbot's live directory).
+        name = extra["__nginx_service"]["name"]
+        variables["__nginx_certificates"] = {
+            name: {"dir": f"/etc/letsencrypt/live/{name}", "issuer": None, "issuer_address": None}}
     for _ in range(3):  # a default may name another that names a third
         variables = {name: env.from_string(value).render(**variables) if isinstance(value, str) else value
                      for name, value in variables.items()}
@@ -108,6 +113,24 @@ def test_a_service_with_a_certificate_serves_https_and_redirects_http():
     assert "ssl_certificate /etc/letsencrypt/live/main-api/fullchain.pem;" in https
     assert "ssl_certificate_key /etc/letsencrypt/live/main-api/privkey.pem;" in https
     assert "proxy_pass http://fleet_main_api;" in https
+
+
+def test_a_host_that_receives_the_certificate_serves_the_copy_and_passes_unknown_challenges_to_the_issuer():
+    received = {"main-api": {"dir": "/etc/fleet/certificates/main-api", "issuer": "web-1",
+                             "issuer_address": "10.0.0.5"}}
+    for tls in ([], ["main-api"]):
+        config = render("site.conf.j2", __nginx_service=service("main-api"), __nginx_tls_services=tls,
+                        __nginx_certificates=received)
+        http = servers(config)[0]
+        # Its own tokens first (none, unless a test puts one there), then the issuer's answer.
+        assert re.search(r"location \^~ /\.well-known/acme-challenge/ \{\s+root /var/www/acme;\s+"
+                         r"default_type text/plain;\s+try_files \$uri @acme_issuer;", http)
+        assert re.search(r"location @acme_issuer \{\s+proxy_pass http://10\.0\.0\.5:80;", http)
+        assert "snippets/acme-challenge.conf" not in http
+    https = servers(config)[1]
+    assert "ssl_certificate /etc/fleet/certificates/main-api/fullchain.pem;" in https
+    assert "ssl_certificate_key /etc/fleet/certificates/main-api/privkey.pem;" in https
+    assert "acme" not in https
 
 
 def test_no_server_block_has_an_add_header_that_would_drop_the_http_level_headers():

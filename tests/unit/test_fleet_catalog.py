@@ -96,6 +96,7 @@ def test_example_catalog_is_valid_with_derived_keys() -> None:
     assert (svc["port"], svc["blue_port"], svc["green_port"]) == (8090, 8090, 9090)
     assert svc["slots"] == [8090, 9090]
     assert svc["hosts"] == ["h1", "h2", "h3"]
+    assert svc["certificate_issuer"] == "h1"
     assert svc["unit"] == "zapier-mcp@"
     assert svc["upstream"] == "fleet_zapier_mcp"
 
