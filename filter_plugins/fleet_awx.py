@@ -1,6 +1,7 @@
 """Filters that turn the fleet service catalog into AWX / Automation Platform survey specs.
 
-The hot-deploy and rollback job templates ask for a service; the choices come from the catalog
+The hot-deploy and rollback job templates ask for a service, the status and audit ones may (left
+unanswered, they cover every service); the choices come from the catalog
 (`fleet_services`), so a service is never typed twice. awx/configure.yml applies the specs with
 `awx.awx.job_template`; re-apply it after the catalog changes, or the survey offers stale choices.
 
@@ -41,7 +42,23 @@ SURVEY_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "a batch of hosts at a time.",
         ("service", "batch_size", "break_lock"),
     ),
+    "status": (
+        "fleet status",
+        "What runs where: live slot and release, idle slot, health, last deploy, lock and pending move "
+        "of every service on every host (read-only).",
+        ("service", "format"),
+    ),
+    "audit": (
+        "fleet audit",
+        "The hosts' deploy audit lines merged, newest first (read-only).",
+        ("service", "limit", "since"),
+    ),
 }
+# Kinds that read rather than change: their service question may be left unanswered (all services).
+READ_ONLY_KINDS = ("status", "audit")
+# audit.yml's limit: its default and the most it takes (filter_plugins/fleet_audit.py checks the same).
+AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 20, 10000
+SINCE_MAX_LENGTH = 64
 
 FLEET_AWX_SERVICE_CHOICES_DOCUMENTATION = r"""
 name: fleet_awx_service_choices
@@ -75,9 +92,13 @@ name: fleet_awx_survey
 short_description: An AWX survey spec for a fleet job template, its choices from the catalog
 description:
   - Builds the survey spec of the C(hot_deploy) job template (questions C(service), C(version),
-    C(batch_size), C(break_lock)) or of the C(rollback) one (C(service), C(batch_size),
-    C(break_lock)).
-  - C(service) is a required C(multiplechoice) question whose choices are the catalog's services;
+    C(batch_size), C(break_lock)), of the C(rollback) one (C(service), C(batch_size),
+    C(break_lock)), of the C(status) one (C(service), C(format)) or of the C(audit) one
+    (C(service), C(limit), C(since)).
+  - C(service) is a C(multiplechoice) question whose choices are the catalog's services, required
+    for hot_deploy and rollback, optional for status and audit (unanswered means every service);
+    C(format) is C(table) or C(json); C(limit) an integer from 1 to 10000 (default 20); C(since)
+    optional text (an ISO 8601 time or an age such as C(2h), which audit.yml checks);
     C(version) is optional text (empty deploys the catalog's C(release.version));
     C(batch_size) is a required integer of at least 1; C(break_lock) is C(no) or C(yes), which
     the playbooks read with the C(bool) filter.
@@ -90,7 +111,7 @@ options:
   kind:
     description: Which job template the survey is for.
     type: str
-    choices: [hot_deploy, rollback]
+    choices: [hot_deploy, rollback, status, audit]
     required: true
   batch_size:
     description: Default answer of the C(batch_size) question.
@@ -154,16 +175,52 @@ def fleet_awx_service_choices(services: Any) -> list[str]:
     return sorted(names)
 
 
-def _question(variable: str, choices: list[str], batch_size: int) -> dict[str, Any]:
+def _question(variable: str, choices: list[str], batch_size: int, kind: str) -> dict[str, Any]:
     if variable == "service":
+        every = kind in READ_ONLY_KINDS
         return {
             "question_name": "Service",
             "question_description": "Catalog service (inventory fleet_services); the choices are "
-                                    "regenerated from the catalog by awx/configure.yml.",
+                                    "regenerated from the catalog by awx/configure.yml."
+                                    + (" Leave it empty for every service." if every else ""),
             "variable": "service",
             "type": "multiplechoice",
             "choices": list(choices),
+            "required": not every,
+        }
+    if variable == "format":
+        return {
+            "question_name": "Format",
+            "question_description": "table for people; json for the job's output and artifact "
+                                    "(fleet_status) to be read by a program.",
+            "variable": "format",
+            "type": "multiplechoice",
+            "choices": ["table", "json"],
             "required": True,
+            "default": "table",
+        }
+    if variable == "limit":
+        return {
+            "question_name": "Lines",
+            "question_description": "The newest lines shown, of all hosts together.",
+            "variable": "limit",
+            "type": "integer",
+            "required": True,
+            "default": AUDIT_LIMIT_DEFAULT,
+            "min": 1,
+            "max": AUDIT_LIMIT_MAX,
+        }
+    if variable == "since":
+        return {
+            "question_name": "Since",
+            "question_description": "Only lines from then on: an ISO 8601 time in UTC (2026-11-30T09:00) or "
+                                    "an age (90m, 2h, 3d, 1w); empty for all.",
+            "variable": "since",
+            "type": "text",
+            "required": False,
+            "default": "",
+            "min": 0,
+            "max": SINCE_MAX_LENGTH,
         }
     if variable == "version":
         return {
@@ -215,7 +272,7 @@ def fleet_awx_survey(services: Any, kind: Any, batch_size: Any = 1) -> dict[str,
     return {
         "name": name,
         "description": description,
-        "spec": [_question(variable, choices, batch_size) for variable in variables],
+        "spec": [_question(variable, choices, batch_size, kind) for variable in variables],
     }
 
 

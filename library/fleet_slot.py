@@ -8,7 +8,7 @@ module: fleet_slot
 short_description: Read, reconcile or move a service between its two slots, in one call on the host
 description:
   - A thin wrapper of the C(fleet_slots) package (module_utils, the same code the slot_engine role
-    installs on every host for the fleet-slot command, the local fact and the health checker): it
+    installs on every host for the fleet-slot command, the local fact and the health checker), which
     owns the deploy state, the deploy lock, the nginx slot table and the switch transaction. The
     package travels with every call, so the host always runs the controller's version.
   - O(action=plan) reads the state and the lock; a move a killed run left pending is reconciled
@@ -19,7 +19,7 @@ description:
     back to O(release) or else to the release before the live one (O(mode=rollback)) or restarts
     the live release on the other slot (O(mode=restart)), releases the lock and appends the audit
     line. Nothing reloads nginx.
-  - O(action=converge) is site.yml's call for one service: under the deploy lock (waiting up to
+  - O(action=converge) is site.yml's call for one service. Under the deploy lock (waiting up to
     O(lock_wait) seconds for a running deploy), it reconciles an interrupted move, starts a service
     without state on its blue slot with O(release), starts a live slot that is down, and applies a
     changed configuration (O(env) and the unit file O(unit_file)) to a serving slot only through a
@@ -27,9 +27,22 @@ description:
   - O(action=retire) stops, disables and removes every service with a state on the host that is
     not in O(keep) (units, environment files, releases, slot links, state; logs are kept), with
     an audit line each.
-  - O(action=status) reports every service's state and nginx's routes; it changes nothing.
+  - O(action=status) reports, for each service of O(services) (and with O(include_unlisted) each
+    other service with a state on the host), its state, nginx's route, both slots' units, the live
+    slot's health now (O(probe_timeout)), the deploy lock and the newest line of O(audit_log); it
+    changes nothing (status.yml).
+  - O(action=audit) returns the newest O(limit) raw lines of O(audit_log) and its rotated copies
+    about O(services) (every line when O(services) is empty), newest first, skipping copies last
+    written before O(since_epoch); it changes nothing (audit.yml parses and merges them).
 options:
-  action: {type: str, required: true, choices: [plan, run, converge, retire, status], description: What to do.}
+  action: {type: str, required: true, choices: [plan, run, converge, retire, status, audit], description: What to do.}
+  services: {type: list, elements: dict, default: [], description: "status, audit: entries of the validated
+      catalog (fleet_catalog); audit reads only their names."}
+  include_unlisted: {type: bool, default: false, description: "status: also report services with a state here
+      that are not in O(services)."}
+  probe_timeout: {type: float, default: 2, description: "status: seconds the live slot's health answer may take."}
+  since_epoch: {type: float, default: 0, description: "audit: skip rotated copies last written before this time."}
+  limit: {type: int, default: 0, description: "audit: the most lines returned (0: all)."}
   keep: {type: list, elements: str, default: [], description: "retire: the services this host runs."}
   unit_dir: {type: path, default: /etc/systemd/system, description: "retire: where the template units are."}
   service: {type: dict, description: The service's entry of the validated catalog (fleet_catalog).}
@@ -51,14 +64,14 @@ options:
     default: {}
     description: Overrides of the catalog's health settings, in seconds; unset ones take the catalog's.
     suboptions:
-      timeout: {type: float}
-      interval: {type: float}
-      start_grace: {type: float}
+      timeout: {type: float, description: Seconds the new slot may take to pass its health check.}
+      interval: {type: float, description: Seconds between health polls.}
+      start_grace: {type: float, description: Seconds before the first health poll.}
   drain_timeout: {type: float, description: Overrides the catalog's drain_timeout.}
   verify_timeout: {type: float, default: 15, description: How long nginx may take to serve the new slot.}
   audit_log: {type: path, default: /var/log/fleet/deploy.log, description: One JSON line per run and host.}
-  halt_after: {type: str, choices: [start, switch, record, drain], description: >-
-      Drill only. Freeze the engine after this phase, as if the controller died there.}
+  halt_after: {type: str, choices: [start, switch, record, drain], description: "Drill only. Freeze the engine
+      after this phase, as if the controller died there."}
   service_root: {type: path, default: /opt/fleet, description: Releases and slot links.}
   state_dir: {type: path, default: /var/lib/fleet/state, description: Deploy state files.}
   lock_dir: {type: path, default: /var/lib/fleet/locks, description: Deploy lock files.}
@@ -87,6 +100,12 @@ reconciled: {type: str, description: An interrupted move found and what was done
 state: {type: dict, description: The service's deploy state after the call.}
 staged: {type: bool, description: "plan: whether O(release) is unpacked on the host."}
 retired: {type: list, description: "retire: one line per service retired."}
+services: {type: dict, description: "status: per service: in_catalog, state, state_error, live_port,
+    idle_port, routed, lock, units (port: systemctl is-active), health (port, status, ms, ok, error),
+    last_audit (raw line)."}
+routes: {type: dict, description: "status: nginx's slot table, service: port."}
+routes_error: {type: str, description: "status: why nginx's slot table could not be read."}
+lines: {type: list, description: "audit: raw audit lines, newest first."}
 """
 
 from dataclasses import asdict
@@ -97,7 +116,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 # host is imported by engine only; named here because Mitogen ships just the module_utils a
 # module names itself, not those its module_utils import relatively.
-from ansible.module_utils.fleet_slots import engine, host, lock, nginx, state  # noqa: F401
+from ansible.module_utils.fleet_slots import audit, engine, host, lock, nginx, state, status  # noqa: F401
 
 
 def spec_of(p: dict) -> engine.Spec:
@@ -125,10 +144,24 @@ def config_of(p: dict) -> engine.SlotConfig:
     return engine.SlotConfig(sha256(unit + b"\0" + p["env"].encode()).hexdigest(), p["env"])
 
 
+def check_of(svc: dict) -> engine.Spec:
+    """What status reads of a catalog service: its slots and its health check."""
+    health = svc.get("health") or {}
+    return engine.Spec(service=svc["name"], blue_port=int(svc["blue_port"]),
+                       health_path=health.get("path", "/health"), health_status=int(health.get("status", 200)),
+                       health_body=health.get("body") or "")
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "action": {"type": "str", "required": True, "choices": ["plan", "run", "converge", "retire", "status"]},
+            "action": {"type": "str", "required": True,
+                       "choices": ["plan", "run", "converge", "retire", "status", "audit"]},
+            "services": {"type": "list", "elements": "dict", "default": []},
+            "include_unlisted": {"type": "bool", "default": False},
+            "probe_timeout": {"type": "float", "default": 2.0},
+            "since_epoch": {"type": "float", "default": 0.0},
+            "limit": {"type": "int", "default": 0},
             "keep": {"type": "list", "elements": "str", "default": []},
             "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
             "service": {"type": "dict"},
@@ -164,14 +197,14 @@ def main() -> None:
     p = module.params
 
     if p["action"] == "status":
-        routes_error = ""
-        try:
-            routes = nginx.routes(p["control_socket"])
-        except nginx.NginxControlError as err:
-            routes, routes_error = {}, str(err)
-        states = {k: (v.to_dict() if isinstance(v, state.State) else {"error": str(v)})
-                  for k, v in state.load_all(p["state_dir"]).items()}
-        module.exit_json(changed=False, states=states, routes=routes, routes_error=routes_error)
+        module.exit_json(changed=False, **status.report(
+            [check_of(svc) for svc in p["services"]], include_unlisted=p["include_unlisted"],
+            state_dir=p["state_dir"], lock_dir=p["lock_dir"], control_socket=p["control_socket"],
+            audit_log=p["audit_log"], probe_timeout=p["probe_timeout"]))
+
+    if p["action"] == "audit":
+        names = [svc["name"] for svc in p["services"]] or None
+        module.exit_json(changed=False, lines=audit.newest(p["audit_log"], names, p["since_epoch"], p["limit"]))
 
     if p["action"] == "retire":
         try:

@@ -12,7 +12,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 from awx_survey_rules import awx_answer_errors, awx_spec_errors
 
-from filter_plugins import fleet_awx
+from filter_plugins import fleet_audit, fleet_awx, fleet_status
 from filter_plugins.fleet_awx import FilterModule, fleet_awx_service_choices, fleet_awx_survey
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_the_awx_rules_reject_what_awx_rejects(change: Any, fragment: str):
 # --------------------------------------------------------------------------- generated surveys
 
 @pytest.mark.parametrize("catalog", sorted(CATALOGS))
-@pytest.mark.parametrize("kind", ["hot_deploy", "rollback"])
+@pytest.mark.parametrize("kind", ["hot_deploy", "rollback", "status", "audit"])
 def test_generated_surveys_are_valid_awx_survey_specs(catalog: str, kind: str):
     survey = fleet_awx_survey(CATALOGS[catalog], kind)
     assert awx_spec_errors(survey) == []
@@ -86,6 +86,36 @@ def test_the_hot_deploy_survey_asks_what_hot_deploy_yml_takes():
 def test_the_rollback_survey_has_no_version():
     survey = fleet_awx_survey(CATALOGS["lab"], "rollback")
     assert [item["variable"] for item in survey["spec"]] == ["service", "batch_size", "break_lock"]
+
+
+@pytest.mark.parametrize(("kind", "variables"), [("status", ["service", "format"]),
+                                                 ("audit", ["service", "limit", "since"])])
+def test_the_read_only_surveys_ask_what_their_playbooks_take(kind: str, variables: list[str]):
+    survey = fleet_awx_survey(CATALOGS["production"], kind)
+    assert [item["variable"] for item in survey["spec"]] == variables
+    service = question(survey, "service")
+    assert service["choices"] == sorted(CATALOGS["production"]) and service["required"] is False
+    assert "default" not in service
+    # Unanswered, the service is left out of the extra vars: the playbook then covers every service.
+    assert awx_answer_errors(survey, {}) == []
+
+
+def test_the_status_survey_offers_the_formats_status_yml_takes():
+    survey = fleet_awx_survey(CATALOGS["lab"], "status")
+    fmt = question(survey, "format")
+    assert (fmt["choices"], fmt["default"]) == (list(fleet_status.FORMATS), "table")
+    assert awx_answer_errors(survey, {"service": "main-api", "format": "json"}) == []
+    assert awx_answer_errors(survey, {"format": "xml"}) != []
+
+
+def test_the_audit_survey_limits_agree_with_audit_yml():
+    survey = fleet_awx_survey(CATALOGS["lab"], "audit")
+    limit, since = question(survey, "limit"), question(survey, "since")
+    assert (limit["default"], limit["min"], limit["max"]) == (fleet_audit.DEFAULT_LIMIT, 1, fleet_audit.MAX_LIMIT)
+    assert (since["type"], since["required"], since["default"]) == ("text", False, "")
+    assert awx_answer_errors(survey, {"limit": 5, "since": "2h"}) == []
+    assert awx_answer_errors(survey, {"limit": 0})[0].endswith("too small (must be at least 1).")
+    assert awx_answer_errors(survey, {"limit": fleet_audit.MAX_LIMIT + 1}) != []
 
 
 def test_awx_accepts_the_answers_an_operator_gives():
@@ -133,7 +163,7 @@ def test_the_filter_reads_only_the_service_names():
     ({}, "hot_deploy", 1, "the catalog is empty"),
     (["main-api"], "hot_deploy", 1, "expects fleet_services"),
     ({"Main_API": {}}, "hot_deploy", 1, "service name 'Main_API' must match"),
-    ({"main-api": {}}, "deploy", 1, "unknown survey 'deploy'; fleet defines hot_deploy, rollback"),
+    ({"main-api": {}}, "deploy", 1, "unknown survey 'deploy'; fleet defines audit, hot_deploy, rollback, status"),
     ({"main-api": {}}, "rollback", 0, "batch_size must be a whole number of at least 1"),
     ({"main-api": {}}, "rollback", True, "batch_size must be a whole number of at least 1"),
 ])
