@@ -193,6 +193,9 @@ def make_config(tmp_path: Path, services: list[Any] | None = None, **sections: d
         "nginx": {"enabled": False},
         "disk": {"paths": [str(tmp_path)]},
         "gpu": {"nvidia_smi": str(FAKE_SMI), "kernel_log_command": ["cat", str(tmp_path / "kmsg")]},
+        # The test doubles listen from this process, not from a slot unit: the slot checks have tests
+        # of their own (test_health_slots.py).
+        "slots": {"enabled": False, "lock_dir": str(tmp_path / "locks")},
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

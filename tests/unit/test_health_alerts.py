@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -59,6 +60,9 @@ def test_one_alert_when_a_service_breaks_and_one_recovery_when_it_heals(tmp_path
         assert hook.kinds() == ["ALERT"]
 
         service.status = 200
+        code, record = run(config)
+        assert (code, record["recovered"]) == (0, [])  # one clean run is not yet a recovery (recover_after 2)
+        assert hook.kinds() == ["ALERT"]
         code, record = run(config)
         assert (code, record["recovered"]) == (0, ["service:main-api"])
         assert hook.kinds() == ["ALERT", "RECOVERY"]
@@ -205,7 +209,8 @@ def test_self_healing_restarts_a_hung_slot_systemd_sees_as_active(tmp_path):
     with webhook_receiver() as hook, fake_service(Behaviour(delay=2.0)) as (port, service):
         write_deploy_state(tmp_path, "main-api", port)
         config = config_for(tmp_path, hook.url, self_heal={"enabled": True, "after_failures": 2,
-                                                           "systemctl": str(systemctl)})
+                                                           "systemctl": str(systemctl)},
+                            webhook={"recover_after": 1})
         assert run(config)[1]["actions"] == []
         _, record = run(config)
         assert record["actions"] == [f"restarted main-api@{port}.service after 2 failed health checks in a row "
@@ -232,6 +237,49 @@ def test_self_healing_restarts_one_slot_per_run(tmp_path):
     assert [len(first), len(second)] == [1, 1]
     assert [c for c in calls.read_text().splitlines() if c.startswith("restart")] == [
         f"restart a@{port_a}.service", f"restart b@{port_b}.service"]
+
+
+def test_self_healing_switches_slots_through_the_slot_engine(tmp_path, monkeypatch):
+    """With the service's slots known, the restart is the slot engine's: the release started again
+    on the idle slot, traffic switched, the hung slot drained (the engine is tested on real hosts:
+    molecule/health_check and the lab)."""
+    systemctl, _, calls = fake_systemctl(tmp_path, "active")
+    runs: list[dict[str, Any]] = []
+
+    def engine_run(spec: Any, **how: Any) -> Any:
+        runs.append({"spec": spec, **how})
+        return fh.slot_engine.Outcome("ok", "", "", spec.blue_port, spec.blue_port + 1000, "1.0.0", "1.0.0")
+
+    monkeypatch.setattr(fh.slot_engine, "run", engine_run)
+    with fake_service(Behaviour(status=503)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = make_config(tmp_path, [{**SERVICE, "slots": [port, port + 1000], "nginx_path": "/health",
+                                         "nginx_host": "main-api.fleet.test", "drain_timeout": 12.0}],
+                             self_heal={"enabled": True, "after_failures": 1, "systemctl": str(systemctl),
+                                        "audit_log": str(tmp_path / "deploy.log")})
+        _, record = run(config)
+    (call,) = runs
+    assert (call["mode"], call["release"], call["owner"]) == ("restart", None, "fleet-health")
+    assert call["audit_log"] == str(tmp_path / "deploy.log")
+    spec = call["spec"]
+    assert (spec.service, spec.blue_port, spec.drain_timeout) == ("main-api", port, 12.0)
+    assert (spec.verify_url, spec.verify_host) == ("http://127.0.0.1/health", "main-api.fleet.test")
+    assert record["actions"] == [f"moved main-api 1.0.0 from slot {port} to {port + 1000} (a restart through "
+                                 "the slot switch) after 1 failed health checks in a row while systemd saw it active"]
+    assert not [c for c in calls.read_text().splitlines() if c.startswith("restart")]  # never in place
+
+
+def test_self_healing_leaves_a_service_a_deploy_is_moving_alone(tmp_path, monkeypatch):
+    systemctl, _, _ = fake_systemctl(tmp_path, "active")
+    monkeypatch.setattr(fh.slot_engine, "run", lambda *_a, **_k: pytest.fail("a deploy holds the lock"))
+    with fake_service(Behaviour(status=503)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = make_config(tmp_path, [{**SERVICE, "slots": [port, port + 1000]}],
+                             self_heal={"enabled": True, "after_failures": 1, "systemctl": str(systemctl)})
+        Path(config.slots.lock_dir).mkdir(parents=True)
+        (Path(config.slots.lock_dir) / "main-api.lock").write_text(json.dumps(
+            {"deploy_id": "d1", "owner": "ops", "pid": os.getpid(), "expires_epoch": time.time() + 600}))
+        assert run(config)[1]["actions"] == []
 
 
 def test_self_healing_leaves_a_unit_systemd_knows_is_down_alone(tmp_path):
@@ -263,7 +311,65 @@ def test_no_webhook_configured_tracks_changes_in_the_log_only(tmp_path):
         assert run(config)[1]["new"] == ["service:main-api"]
         assert run(config)[1]["new"] == []
         service.status = 200
+        assert run(config)[1]["recovered"] == []
         assert run(config)[1]["recovered"] == ["service:main-api"]
+
+
+def test_a_flapping_problem_alerts_once_and_recovers_only_after_clean_runs_in_a_row(tmp_path):
+    """A health check hovering at its limit: broken, fine, broken, fine, fine. One alert, one recovery."""
+    with webhook_receiver() as hook, fake_service() as (port, service):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = config_for(tmp_path, hook.url, webhook={"recover_after": 2})
+        for status in (503, 200, 503, 200):
+            service.status = status
+            run(config)
+        assert hook.kinds() == ["ALERT"]
+        service.status = 200
+        assert run(config)[1]["recovered"] == ["service:main-api"]
+        assert hook.kinds() == ["ALERT", "RECOVERY"]
+
+
+def test_self_healing_leaves_a_slow_but_working_slot_alone(tmp_path):
+    """Over the critical latency, but it answers: an alert, never a restart."""
+    systemctl, _, calls = fake_systemctl(tmp_path, "active")
+    with fake_service(Behaviour(delay=0.3)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = config_for(tmp_path, "", http={"timeout_s": 2.0, "latency_warn_ms": 50.0,
+                                                "latency_critical_ms": 100.0},
+                            self_heal={"enabled": True, "after_failures": 1, "systemctl": str(systemctl)})
+        for _ in range(3):
+            code, record = run(config)
+            assert (code, record["actions"]) == (2, [])
+    assert not [c for c in calls.read_text().splitlines() if c.startswith("restart")]
+
+
+def test_self_healing_restarts_a_slot_answering_5xx(tmp_path):
+    systemctl, _, calls = fake_systemctl(tmp_path, "active")
+    with fake_service(Behaviour(status=502)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = config_for(tmp_path, "", self_heal={"enabled": True, "after_failures": 1,
+                                                     "systemctl": str(systemctl)})
+        assert len(run(config)[1]["actions"]) == 1
+    assert f"restart main-api@{port}.service" in calls.read_text().splitlines()
+
+
+def test_self_healing_gives_up_after_max_per_hour_with_a_critical_alert(tmp_path):
+    systemctl, _, calls = fake_systemctl(tmp_path, "active")
+    with webhook_receiver() as hook, fake_service(Behaviour(status=500)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        config = config_for(tmp_path, hook.url, self_heal={"enabled": True, "after_failures": 1, "max_per_hour": 2,
+                                                           "systemctl": str(systemctl)})
+        assert [len(run(config)[1]["actions"]) for _ in range(4)] == [1, 1, 0, 0]
+        restarts = [c for c in calls.read_text().splitlines() if c.startswith("restart")]
+        assert restarts == [f"restart main-api@{port}.service"] * 2
+        gave_up = [m["text"] for m in hook.messages if "gave up restarting main-api" in m["text"]]
+        assert len(gave_up) == 1 and "CRITICAL self_heal:main-api: gave up restarting main-api: 2 restarts in " \
+            "the last hour" in gave_up[0]  # alerted once, de-duplicated after
+        # An hour later the window is free again: one more restart.
+        state = json.loads(Path(config.state_file).read_text())
+        state["restart_times"]["main-api"] = ["2000-01-01T00:00:00Z"] * 2
+        Path(config.state_file).write_text(json.dumps(state))
+        assert len(run(config)[1]["actions"]) == 1
 
 
 def test_one_json_line_per_run_and_metrics_written_atomically(tmp_path):

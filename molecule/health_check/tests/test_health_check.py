@@ -81,6 +81,13 @@ def wait_healthy(host: Any, port: int) -> None:
     host.check_output(f"timeout 60 sh -c 'until curl -fs http://127.0.0.1:{port}/health; do sleep 0.5; done'")
 
 
+def slots(host: Any, service: str) -> tuple[int, int]:
+    """(live, idle) slot ports, from the deploy state."""
+    live = json.loads(host.file(f"/var/lib/fleet/state/{service}.json").content_string)["live_port"]
+    blue = SERVICES[service]
+    return live, blue + 1000 if live == blue else blue
+
+
 def write_backup(host: Any, status: str = "ok") -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record = {"status": status, "started": now, "finished": now, "message": "molecule"}
@@ -110,7 +117,7 @@ def test_absent_backup_warns_until_the_backup_job_reports(host):
     assert (rc, problems(record)) == (1, {"backup:last_run": "warn"})
     assert "no backup has run yet (/var/lib/fleet/backup/last-run.json is absent)" in record["problems"][0]["message"]
     write_backup(host)
-    assert run_check(host)[0] == 0
+    assert [run_check(host)[0] for _ in range(2)] == [0, 0]  # recovered after two clean runs
     assert kinds(host) == ["ALERT", "RECOVERY"]
 
 
@@ -153,6 +160,9 @@ def test_a_stopped_live_slot_alerts_once_and_recovers_once(host):
         host.check_output("systemctl start main-api@8010.service")
     wait_healthy(host, 8010)
     rc, record = run_check(host)
+    assert (rc, record["recovered"]) == (0, [])  # one clean run is not a recovery yet (recover_after 2)
+    assert kinds(host) == ["ALERT"]
+    rc, record = run_check(host)
     assert (rc, sorted(record["recovered"])) == (0, ["nginx:main-api", "service:main-api"])
     sent = messages(host)
     assert kinds(host) == ["ALERT", "RECOVERY"]
@@ -161,25 +171,69 @@ def test_a_stopped_live_slot_alerts_once_and_recovers_once(host):
     assert all(m["path"] == f"/services/T0FLEET/B0HEALTH/{TOKEN}" for m in sent)
 
 
-def test_a_hung_slot_is_restarted_by_self_healing(host):
+def test_a_hung_slot_is_moved_to_its_other_slot_by_self_healing(host):
+    """The slot engine's restart: the release starts on the idle slot, nginx switches to it without
+    a reload, the hung slot is drained and stopped, and the audit log says fleet-health did it."""
     reset_receiver(host)
-    pid = host.check_output("systemctl show -p MainPID --value main-api@8010.service")
+    live, idle = slots(host, "main-api")
+    pid = host.check_output(f"systemctl show -p MainPID --value main-api@{live}.service")
+    nginx = host.file("/run/nginx.pid").content_string.strip()
     host.check_output(f"kill -STOP {pid}")  # a hang systemd cannot see: the unit stays active
     try:
         rc, record = run_check(host)
         assert (rc, record["actions"]) == (2, [])
-        assert "timed out after 2 s; main-api@8010.service is active" in message(record, "service:main-api")
+        assert f"timed out after 2 s; main-api@{live}.service is active" in message(record, "service:main-api")
         rc, record = run_check(host)
-        assert record["actions"] == ["restarted main-api@8010.service after 2 failed health checks in a row "
-                                     "while systemd saw it active"]
+        (action,) = record["actions"]
+        assert action.startswith("moved main-api ") and action.endswith(
+            f"from slot {live} to {idle} (a restart through the slot switch) after 2 failed health checks in a "
+            "row while systemd saw it active")
     finally:
         host.run(f"kill -CONT {pid}")
-    wait_healthy(host, 8010)
-    assert host.check_output("systemctl show -p MainPID --value main-api@8010.service") != pid
-    rc, record = run_check(host)
-    assert rc == 0
+    assert slots(host, "main-api") == (idle, live)
+    assert host.service(f"main-api@{live}.service").is_running is False
+    served = json.loads(host.check_output("curl -fsS -H 'Host: main-api.fleet.test' http://127.0.0.1/health"))
+    assert served["port"] == idle
+    assert host.file("/run/nginx.pid").content_string.strip() == nginx  # never restarted
+    audit = json.loads(host.file("/var/log/fleet/deploy.log").content_string.splitlines()[-1])
+    assert (audit["who"], audit["mode"], audit["result"], audit["to_slot"]) == ("fleet-health", "restart", "ok", idle)
+    assert [run_check(host)[0] for _ in range(2)] == [0, 0]  # recovered after two clean runs
     assert kinds(host) == ["ALERT", "ALERT", "RECOVERY"]
-    assert "WARN self_heal:main-api: restarted main-api@8010.service" in messages(host)[1]["body"]["text"]
+    assert "WARN self_heal:main-api: moved main-api" in messages(host)[1]["body"]["text"]
+
+
+def test_a_stray_process_on_the_idle_slot_port_is_reported_with_its_unit(host):
+    reset_receiver(host)
+    _, idle = slots(host, "main-api")
+    host.check_output(f"systemd-run --unit stray-listener --collect python3 -m http.server {idle} "
+                      "--bind 127.0.0.1")
+    try:
+        host.check_output(f"timeout 10 sh -c 'until ss -Hltn sport = :{idle} | grep -q .; do sleep 0.2; done'")
+        rc, record = run_check(host)
+        assert (rc, problems(record)) == (1, {f"slot_port:main-api@{idle}": "warn"})
+        assert (f"port {idle}, the idle slot of main-api, is listened on by stray-listener.service, "
+                f"not main-api@{idle}.service: the next deploy cannot start its slot") in (
+            message(record, f"slot_port:main-api@{idle}"))
+    finally:
+        host.run("systemctl stop stray-listener")
+    assert [run_check(host)[0] for _ in range(2)] == [0, 0]
+    assert kinds(host) == ["ALERT", "RECOVERY"]
+
+
+def test_a_certificate_near_its_expiry_is_critical(host):
+    directory = "/etc/fleet/certificates/soon"
+    host.check_output(f"mkdir -p {directory} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+                      f"-nodes -days 5 -subj /CN=soon.fleet.test -keyout {directory}/privkey.pem "
+                      f"-out {directory}/fullchain.pem 2>/dev/null")
+    try:
+        rc, record = run_check(host)
+        assert (rc, problems(record)) == (2, {"tls:soon": "critical"})
+        assert f"{directory}/fullchain.pem expires " in message(record, "tls:soon")
+        assert 'fleet_health_tls_certificate_expiry_timestamp_seconds{certificate="soon"}' in (
+            host.file(METRICS).content_string)
+    finally:
+        host.run(f"rm -rf {directory}")
+    assert [run_check(host)[0] for _ in range(2)] == [0, 0]
 
 
 # --------------------------------------------------------------------------- GPUs
@@ -196,7 +250,7 @@ def test_a_hung_nvidia_smi_is_killed_alerted_and_recovers(host):
         assert host.run("pgrep -f '[n]vidia-smi --query'").rc == 1  # killed, not left behind
     finally:
         set_gpus(host, "normal")
-    assert run_check(host)[0] == 0
+    assert [run_check(host)[0] for _ in range(2)] == [0, 0]  # recovered after two clean runs
     assert kinds(host) == ["ALERT", "RECOVERY"]
 
 
@@ -208,7 +262,7 @@ def test_a_missing_gpu_alerts_and_recovers(host):
         assert (rc, problems(record)) == (2, {"gpu_count:host": "critical"})
     finally:
         set_gpus(host, "normal")
-    assert run_check(host)[0] == 0
+    assert [run_check(host)[0] for _ in range(2)] == [0, 0]  # recovered after two clean runs
     assert kinds(host) == ["ALERT", "RECOVERY"]
 
 

@@ -16,6 +16,9 @@ What one run checks:
   count, temperature, uncorrected ECC errors, retired pages pending, remapped rows pending or
   failed; XID errors in the kernel log since the last run (serious ones critical, others warnings);
   nvidia-smi missing, failing or hanging is itself critical;
+- each service's slots: a move an interrupted deploy left pending, an idle slot still running
+  outside a deploy, a slot port listened on by anything but that slot's unit (`ss -ltnp`);
+- TLS certificates (certbot's and the copies of the other hosts): days until they expire;
 - disk and inode headroom, memory headroom, the last backup (status and age).
 
 Every external command runs under a timeout in its own process group, killed on expiry; checks
@@ -25,9 +28,12 @@ What it produces: one JSON line per run appended to the log, exit code 0 OK / 1 
 2 CRITICAL / 3 UNKNOWN, Prometheus text metrics written atomically into a node_exporter textfile
 directory, and Slack-compatible webhook messages ({"text": ...}) only when something changes: a
 new or worse problem (ALERT) or a cleared one (RECOVERY), de-duplicated across runs through a
-small state file, with retries inside a bounded total time. Optional self-healing restarts a live
-slot whose health check failed N runs in a row while systemd still reports it active (a hang
-systemd cannot see), one slot per run at most, and logs and alerts the action.
+small state file, with retries inside a bounded total time. A problem is declared recovered only
+after M clean runs in a row (webhook.recover_after), so a value hovering at a threshold does not
+alert and recover every run. Optional self-healing restarts a live slot whose health check failed
+hard (refused, timed out, 5xx; not slow, not a wrong body) N runs in a row while systemd still
+reports it active (a hang systemd cannot see), one slot per run, at most max_per_hour restarts of a
+service in any hour; past that it gives up with a critical alert until the service recovers.
 
 `--no-webhook` makes a run read-only: nothing is sent, the state file is neither written nor
 locked, and nothing is restarted, so a look by hand never eats an alert that cron should send.
@@ -67,6 +73,9 @@ from typing import Any
 # The deploy state has one owner, the slot engine's state module, which the slot_engine role
 # installs on every host that runs services (the unit tests put it on the path themselves).
 sys.path.insert(1, os.environ.get("FLEET_SLOTS_LIB", "/usr/local/lib/fleet"))
+from fleet_slots import engine as slot_engine
+from fleet_slots import lock as deploy_lock
+from fleet_slots import nginx as slot_nginx
 from fleet_slots import state as deploy_state
 
 VERSION = "1.0"
@@ -166,14 +175,41 @@ class WebhookSettings:
     timeout_s: float = 5.0
     retries: int = 3
     total_timeout_s: float = 20.0
+    recover_after: int = 2  # clean runs in a row before a problem counts as recovered
+
+
+@dataclass
+class SlotSettings:
+    enabled: bool = True
+    lock_dir: str = "/var/lib/fleet/locks"  # a live deploy lock: an idle slot or a pending move is expected
+    ss: str = "ss"
+    timeout_s: float = 10.0
+
+
+@dataclass
+class TlsSettings:
+    certificate_dirs: list[str] = field(default_factory=list)  # <dir>/<name>/fullchain.pem; empty: no check
+    warn_days: float = 20.0
+    critical_days: float = 7.0
+    openssl: str = "openssl"
+    timeout_s: float = 10.0
 
 
 @dataclass
 class SelfHealSettings:
     enabled: bool = False
     after_failures: int = 3
-    restart_timeout_s: float = 60.0
+    max_per_hour: int = 3  # restarts of one service in any hour; then give up and alert
+    # switch: start the release again on the idle slot and move traffic there (the slot engine's
+    # restart, no request lost); restart: systemctl restart of the live slot in place.
+    method: str = "switch"
+    restart_timeout_s: float = 60.0  # the new slot's health gate (switch), or the restart
     systemctl: str = "systemctl"
+    # The slot engine's layout, for a switch; "" for the control socket: the engine's default.
+    service_root: str = "/opt/fleet"
+    config_dir: str = "/etc/fleet"
+    control_socket: str = ""
+    audit_log: str = ""  # the deploy audit log the switch appends its line to; "": none
 
 
 @dataclass
@@ -186,6 +222,8 @@ class ServiceSpec:
     unit: str = ""  # template unit prefix, default "<name>@"
     nginx_host: str = ""  # Host header through nginx; "" uses nginx's default server
     nginx_path: str = ""  # path through nginx; "" skips the check through nginx
+    drain_timeout: float = 30.0  # a self-healing switch drains the old slot this long at most
+    keep: int = 5  # releases the slot engine keeps after a switch
 
 
 @dataclass
@@ -205,12 +243,14 @@ class Config:
     backup: BackupSettings = field(default_factory=BackupSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     self_heal: SelfHealSettings = field(default_factory=SelfHealSettings)
+    slots: SlotSettings = field(default_factory=SlotSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 _SECTIONS: dict[str, type] = {
     "http": HttpSettings, "nginx": NginxSettings, "gpu": GpuSettings, "disk": DiskSettings,
     "memory": MemorySettings, "backup": BackupSettings, "webhook": WebhookSettings,
-    "self_heal": SelfHealSettings,
+    "self_heal": SelfHealSettings, "slots": SlotSettings, "tls": TlsSettings,
 }
 
 
@@ -288,6 +328,8 @@ def _check_config(config: Config) -> None:
         problems.append(f"backup.missing must be ok, warn or critical, got {config.backup.missing!r}")
     if config.backup.warn_age_h > config.backup.critical_age_h:
         problems.append("backup.warn_age_h must not exceed backup.critical_age_h")
+    if config.tls.warn_days < config.tls.critical_days:
+        problems.append("tls.warn_days must be at least tls.critical_days")
     if not config.gpu.kernel_log_command:
         problems.append("gpu.kernel_log_command must name a command")
     for name in ("timeout_s", "total_timeout_s"):
@@ -297,6 +339,12 @@ def _check_config(config: Config) -> None:
         problems.append("webhook.retries must be >= 0")
     if config.self_heal.after_failures < 1:
         problems.append("self_heal.after_failures must be >= 1")
+    if config.self_heal.method not in ("switch", "restart"):
+        problems.append(f"self_heal.method must be switch or restart, got {config.self_heal.method!r}")
+    if config.self_heal.max_per_hour < 1:
+        problems.append("self_heal.max_per_hour must be >= 1 (disable self_heal to never restart)")
+    if config.webhook.recover_after < 1:
+        problems.append("webhook.recover_after must be >= 1")
     if config.webhook.url and urllib.parse.urlsplit(config.webhook.url).scheme not in ("http", "https"):
         problems.append("webhook.url must be an http(s) URL")  # never echo it: it is a secret
     for service in config.services:
@@ -547,22 +595,27 @@ def read_live_port(state_dir: str, service: ServiceSpec) -> tuple[int | None, st
 class ServiceOutcome:
     findings: list[Finding]
     live_port: int | None
-    direct_failed: bool
+    hard_failure: bool  # the live slot refused, timed out or answered 5xx: what self-healing counts
+
+
+def is_hard_failure(result: HttpResult) -> bool:
+    """Refused, timed out or a 5xx: a slot that may be hung. Slow, or a wrong body, is not."""
+    return bool(result.error) or (result.status is not None and result.status >= 500)
 
 
 def check_service(service: ServiceSpec, config: Config, metrics: Metrics, runner: Runner) -> ServiceOutcome:
     findings = []
     live_port, why = read_live_port(config.deploy_state_dir, service)
     labels = {"service": service.name}
-    direct_failed = False
+    hard_failure = False
     if live_port is None:
         findings.append(Finding("service", service.name, UNKNOWN, why))
     else:
         metrics.add("service_live_port", "Live slot port from the deploy state.", live_port, labels)
         result = http_get("127.0.0.1", live_port, service.path, "", config.http.timeout_s)
         severity, message = judge_response(result, service.status, service.body, config.http, live_port)
-        direct_failed = severity == CRITICAL
-        if direct_failed:
+        hard_failure = is_hard_failure(result)
+        if severity == CRITICAL:
             unit = f"{service.unit or service.name + '@'}{live_port}.service"
             state = unit_state(config, unit, runner)
             message += f"; {unit} is {state}"
@@ -574,7 +627,7 @@ def check_service(service: ServiceSpec, config: Config, metrics: Metrics, runner
         severity, message = judge_response(result, service.status, service.body, config.http, live_port)
         findings.append(Finding("nginx", service.name, severity, message))
         _http_metrics(metrics, result, service.name, "nginx", severity)
-    return ServiceOutcome(findings, live_port, direct_failed)
+    return ServiceOutcome(findings, live_port, hard_failure)
 
 
 def _http_metrics(metrics: Metrics, result: HttpResult, service: str, via: str, severity: str) -> None:
@@ -584,6 +637,123 @@ def _http_metrics(metrics: Metrics, result: HttpResult, service: str, via: str, 
     if result.status is not None:
         metrics.add("service_latency_seconds", "Health check latency.", round(result.latency_ms / 1000, 6), labels)
         metrics.add("service_http_status", "HTTP status of the health check.", result.status, labels)
+
+
+# --------------------------------------------------------------------------- slots and listeners
+
+_PID = re.compile(r"pid=(\d+)")
+NOT_VISIBLE = "?"  # a listener whose process ss cannot show (no CAP_SYS_PTRACE)
+
+
+def unit_of_pid(pid: str, proc: str = "/proc") -> str:
+    """The systemd service whose cgroup holds the process, or "pid N (command)" outside any."""
+    try:
+        cgroup = Path(f"{proc}/{pid}/cgroup").read_text()
+    except OSError:
+        return f"pid {pid}"
+    units = [line.rsplit("/", 1)[-1] for line in cgroup.splitlines() if line.endswith(".service")]
+    if units:
+        return units[0]
+    with contextlib.suppress(OSError):
+        command = Path(f"{proc}/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        return f"pid {pid} ({command[:80]})"
+    return f"pid {pid}"
+
+
+def parse_listeners(ss_output: str, owner: Callable[[str], str] = unit_of_pid) -> dict[int, set[str]]:
+    """{port: owners} from `ss -Hltnp`: each listener's systemd unit, or NOT_VISIBLE."""
+    ports: dict[int, set[str]] = {}
+    for line in ss_output.splitlines():
+        fields = line.split()
+        port = fields[3].rpartition(":")[2] if len(fields) > 3 else ""
+        if not port.isdigit():
+            continue
+        pids = sorted(set(_PID.findall(line)))
+        ports.setdefault(int(port), set()).update([owner(pid) for pid in pids] or [NOT_VISIBLE])
+    return ports
+
+
+def check_slots(config: Config, runner: Runner) -> list[Finding]:
+    """Per service: a pending move nobody finishes, an idle slot left running, strangers on slot ports."""
+    result = runner([config.slots.ss, "-Hltnp"], config.slots.timeout_s)
+    if not result.ok:
+        return [Finding("slots", "listeners", UNKNOWN, f"cannot list listening sockets: {result.describe()}")]
+    listeners = parse_listeners(result.stdout)
+    findings = []
+    for service in config.services:
+        try:
+            current = deploy_state.load(service.name, config.deploy_state_dir)
+        except deploy_state.StateError:
+            continue  # the service check reports it
+        if current is None:
+            continue
+        lock = deploy_lock.read(service.name, config.slots.lock_dir)
+        deploying = (lock is not None and not deploy_lock.orphaned(lock)
+                     and float(lock.get("expires_epoch", 0)) >= time.time())
+        findings.extend(_judge_slots(service, current, listeners, deploying))
+    return findings
+
+
+def _judge_slots(service: ServiceSpec, current: Any, listeners: dict[int, set[str]], deploying: bool
+                 ) -> list[Finding]:
+    live = current.live_port
+    unit = f"{service.unit or service.name + '@'}{{}}.service".format
+    findings = []
+    move = current.pending
+    if move is not None and not deploying:
+        findings.append(Finding("pending_move", service.name, WARN, (
+            f"a {move.mode} move from slot {move.from_port} ({move.from_release}) to {move.to_port} "
+            f"({move.to_release}), deploy {move.deploy_id}, stopped after phase {move.phase} (started "
+            f"{move.started}) and no deploy holds the lock: the next deploy, rollback or site.yml run "
+            "finishes or reverts it")))
+    for port in service.slots or [live]:
+        role = "live" if port == live else "idle"
+        owners = listeners.get(port, set())
+        strangers = sorted(owners - {unit(port), NOT_VISIBLE})
+        if strangers:
+            findings.append(Finding("slot_port", f"{service.name}@{port}", CRITICAL if role == "live" else WARN, (
+                f"port {port}, the {role} slot of {service.name}, is listened on by {', '.join(strangers)}, "
+                f"not {unit(port)}" + (": nginx sends the service's traffic there" if role == "live" else
+                                       ": the next deploy cannot start its slot"))))
+        elif role == "idle" and unit(port) in owners and move is None and not deploying:
+            findings.append(Finding("idle_slot", f"{service.name}@{port}", WARN, (
+                f"the idle slot {unit(port)} is running outside a deploy (left by an interrupted run?); "
+                f"nginx sends it nothing: stop it (systemctl stop {unit(port)})")))
+    if not findings:
+        findings.append(Finding("slots", service.name, OK, f"live slot {live}, nothing else on its ports, "
+                                                           "no move pending"))
+    return findings
+
+
+# --------------------------------------------------------------------------- TLS certificates
+
+def check_certificates(tls: TlsSettings, metrics: Metrics, runner: Runner, now: dt.datetime) -> list[Finding]:
+    """Days left on each <dir>/<name>/fullchain.pem of the configured directories."""
+    findings = []
+    for directory in tls.certificate_dirs:
+        for pem in sorted(Path(directory).glob("*/fullchain.pem")):
+            name = pem.parent.name
+            result = runner([tls.openssl, "x509", "-noout", "-enddate", "-in", str(pem)], tls.timeout_s)
+            value = result.stdout.strip().partition("notAfter=")[2]
+            try:
+                expires = dt.datetime.strptime(value, "%b %d %H:%M:%S %Y GMT").replace(tzinfo=dt.UTC)
+            except ValueError:
+                findings.append(Finding("tls", name, CRITICAL, f"cannot read the expiry of {pem}: "
+                                                               f"{result.describe() if not result.ok else value!r}"))
+                continue
+            days = (expires - now).total_seconds() / 86400
+            metrics.add("tls_certificate_expiry_timestamp_seconds", "When each TLS certificate expires.",
+                        expires.timestamp(), {"certificate": name})
+            when = f"{pem} expires {iso(expires)}"
+            if days < 0:
+                findings.append(Finding("tls", name, CRITICAL, f"{when}: expired {-days:.0f} days ago"))
+            elif days < tls.warn_days:
+                findings.append(Finding("tls", name, CRITICAL if days < tls.critical_days else WARN, (
+                    f"{when}, in {days:.0f} days: certbot renews 30 days ahead on the host that issues it, "
+                    "and a copy reaches the other hosts at their next site.yml run")))
+            else:
+                findings.append(Finding("tls", name, OK, f"{when}, in {days:.0f} days"))
+    return findings
 
 
 def unit_state(config: Config, unit: str, runner: Runner) -> str:
@@ -1137,11 +1307,16 @@ def run_checks(config: Config, state: dict[str, Any], options: Options, runner: 
     tasks: dict[str, Callable[[], Any]] = {
         f"service {s.name}": functools.partial(check_service, s, config, metrics, runner) for s in config.services
     }
+    if config.slots.enabled:
+        tasks["slots"] = lambda: check_slots(config, runner)
+    if config.tls.certificate_dirs:
+        tasks["tls"] = lambda: check_certificates(config.tls, metrics, runner, now)
     if config.gpu.enabled:
         tasks["gpu"] = lambda: check_gpus(config, metrics, runner)
         current_boot = boot_id()
         tasks["xid"] = lambda: check_xids(config, state.get("kernel_log", {}), metrics, runner, current_boot)
-    limits = [2 * config.http.timeout_s + 5.0]  # direct and nginx, then `systemctl is-active`
+    limits = [2 * config.http.timeout_s + 5.0,  # direct and nginx, then `systemctl is-active`
+              config.slots.timeout_s + 2, 4 * config.tls.timeout_s]
     if config.gpu.enabled:
         limits += [2 * config.gpu.timeout_s + 2, config.gpu.kernel_log_timeout_s + 2]
     budget = max(limits) + 2
@@ -1154,6 +1329,8 @@ def run_checks(config: Config, state: dict[str, Any], options: Options, runner: 
     for name, result in results.items():
         if isinstance(result, Exception):
             findings.append(Finding("checker", name.replace(" ", "_"), UNKNOWN, str(result)))
+        elif name in ("slots", "tls"):
+            findings.extend(result)
         elif name == "gpu":
             findings.extend(result[1])
         elif name == "xid":
@@ -1176,27 +1353,47 @@ def run_checks(config: Config, state: dict[str, Any], options: Options, runner: 
     if config.backup.enabled:
         findings.extend(check_backup(config.backup, metrics, now))
 
-    # Consecutive failed runs per service. One restart per run at most, the longest-failing slot
-    # first, so a host-wide fault (every slot hung at once) does not turn into a restart storm.
+    # Consecutive runs with a hard failure per service. One restart per run at most, the
+    # longest-failing slot first, so a host-wide fault (every slot hung at once) does not turn into
+    # a restart storm; and at most max_per_hour per service, so a release that hangs again right
+    # after each restart is left to the operators, with a critical alert, instead of restarted forever.
     previous = state.get("failures", {}) if isinstance(state.get("failures"), dict) else {}
     failures: dict[str, int] = {}
     for service in config.services:
         outcome = outcomes.get(service.name)
-        failed = outcome is not None and outcome.direct_failed
+        failed = outcome is not None and outcome.hard_failure
         failures[service.name] = int(previous.get(service.name, 0)) + 1 if failed else 0
     new_state["failures"] = failures
+    hour_ago = now - dt.timedelta(hours=1)
+    recent = state.get("restart_times")
+    recent = recent if isinstance(recent, dict) else {}
+    restart_times: dict[str, list[str]] = {
+        name: [t for t in times if (when := _parse_time(t)) is not None and when > hour_ago]
+        for name, times in recent.items() if isinstance(times, list)}
+    new_state["restart_times"] = {name: times for name, times in restart_times.items() if times}
     actions: list[str] = []
     if config.self_heal.enabled and not options.read_only:
         due = [s for s in config.services if failures[s.name] >= config.self_heal.after_failures]
+        restarted = False
         for service in sorted(due, key=lambda s: -failures[s.name]):
+            done = restart_times.get(service.name, [])
+            if len(done) >= config.self_heal.max_per_hour:
+                findings.append(Finding("self_heal", service.name, CRITICAL, (
+                    f"gave up restarting {service.name}: {len(done)} restarts in the last hour "
+                    f"(self_heal.max_per_hour) and its health check still fails hard, "
+                    f"{failures[service.name]} runs in a row; it needs a look")))
+                continue
+            if restarted:
+                continue
             port = outcomes[service.name].live_port
             finding = self_heal(service, port, failures[service.name], config, runner) if port else None
             if finding is not None:
+                restarted = True
                 findings.append(finding)
                 actions.append(finding.message)
                 failures[service.name] = 0
                 new_state["restarts"][service.name] = new_state["restarts"].get(service.name, 0) + 1
-                break
+                new_state["restart_times"][service.name] = [*done, iso(now)]
     for service, count in sorted(new_state["restarts"].items()):
         metrics.add("self_heal_restarts_total", "Restarts done by the health checker.", count,
                     {"service": service}, kind="counter")
@@ -1204,10 +1401,13 @@ def run_checks(config: Config, state: dict[str, Any], options: Options, runner: 
 
 
 def self_heal(service: ServiceSpec, port: int, failures: int, config: Config, runner: Runner) -> Finding | None:
-    """Restart a live slot that systemd believes is fine (active) but that fails its health check."""
+    """Restart a live slot that systemd believes is fine (active) but that fails its health check:
+    through the slot switch (method switch), or in place."""
     unit = f"{service.unit or service.name + '@'}{port}.service"
     if unit_state(config, unit, runner) != "active":
         return None  # stopped or failed: visible to systemd and the operators; not ours to fight
+    if config.self_heal.method == "switch" and service.slots:
+        return heal_by_switch(service, failures, config)
     result = runner([config.self_heal.systemctl, "restart", unit], config.self_heal.restart_timeout_s)
     if result.ok:
         return Finding("self_heal", service.name, WARN, f"restarted {unit} after {failures} failed health "
@@ -1216,9 +1416,45 @@ def self_heal(service: ServiceSpec, port: int, failures: int, config: Config, ru
                                                         f"checks failed: {result.describe()}", event=True)
 
 
-def transitions(findings: list[Finding], notified: dict[str, Any], now: dt.datetime
-                ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Open problems now, those new or worse than what was notified, and notified ones now cleared."""
+def heal_by_switch(service: ServiceSpec, failures: int, config: Config) -> Finding | None:
+    """The slot engine's restart: the live release started on the idle slot, health-gated, traffic
+    switched to it without an nginx reload, the hung slot drained and stopped; audited like a deploy."""
+    heal = config.self_heal
+    nginx_port = "" if config.nginx.port == 80 else f":{config.nginx.port}"
+    spec = slot_engine.Spec(
+        service=service.name, blue_port=min(service.slots), health_path=service.path,
+        health_status=service.status, health_body=service.body, health_timeout=heal.restart_timeout_s,
+        drain_timeout=service.drain_timeout,
+        verify_url=f"http://{config.nginx.address}{nginx_port}{service.nginx_path or service.path}",
+        verify_host=service.nginx_host or None, keep=service.keep, service_root=heal.service_root,
+        state_dir=config.deploy_state_dir, lock_dir=config.slots.lock_dir,
+        control_socket=heal.control_socket or slot_nginx.CONTROL_SOCKET, config_dir=heal.config_dir)
+    held = deploy_lock.read(service.name, config.slots.lock_dir)
+    if held is not None and not deploy_lock.orphaned(held) and float(held.get("expires_epoch", 0)) >= time.time():
+        return None  # a deploy is moving this service right now: not ours to interfere with
+    try:
+        outcome = slot_engine.run(
+            spec, mode="restart", release=None, deploy_id=f"{service.name}-heal-{utcnow():%Y%m%dT%H%M%SZ}",
+            owner="fleet-health", hostname=config.host or socket.gethostname(),
+            lock_ttl=heal.restart_timeout_s + service.drain_timeout + 60, break_lock=False,
+            audit_log=heal.audit_log or None)
+    except (slot_engine.Failed, deploy_state.StateError, slot_nginx.NginxControlError) as err:
+        outcome = slot_engine.Outcome("failed", str(err), getattr(err, "phase", ""))
+    if outcome.result == "ok":
+        return Finding("self_heal", service.name, WARN, (
+            f"moved {service.name} {outcome.to_release} from slot {outcome.from_port} to {outcome.to_port} "
+            f"(a restart through the slot switch) after {failures} failed health checks in a row while "
+            "systemd saw it active"), event=True)
+    return Finding("self_heal", service.name, CRITICAL, (
+        f"self-healing switch of {service.name} failed at {outcome.phase or 'start'}: {outcome.message}; "
+        "traffic stays where it was"), event=True)
+
+
+def transitions(findings: list[Finding], notified: dict[str, Any], now: dt.datetime, clean_runs: dict[str, Any],
+                recover_after: int
+                ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Open problems now, those new or worse than what was notified, the notified ones clean for
+    `recover_after` runs in a row (recovered), and the clean-run count of every notified one not open now."""
     current: dict[str, Any] = {}
     for f in findings:
         if f.event or f.severity == OK:
@@ -1228,8 +1464,9 @@ def transitions(findings: list[Finding], notified: dict[str, Any], now: dt.datet
         current[f.key] = {"key": f.key, "severity": f.severity, "message": f.message, "since": since}
     new = [p for k, p in current.items()
            if k not in notified or RANK[p["severity"]] > RANK.get(notified[k].get("severity", OK), 0)]
-    recovered = [{**p, "key": k} for k, p in notified.items() if k not in current]
-    return current, new, recovered
+    clean = {k: int(clean_runs.get(k, 0)) + 1 for k in notified if k not in current}
+    recovered = [{**notified[k], "key": k} for k, runs in clean.items() if runs >= recover_after]
+    return current, new, recovered, clean
 
 
 def notify(config: Config, host: str, status: str, findings: list[Finding], state: dict[str, Any],
@@ -1242,15 +1479,20 @@ def notify(config: Config, host: str, status: str, findings: list[Finding], stat
     """
     notified = state.get("notified") if isinstance(state.get("notified"), dict) else {}
     assert isinstance(notified, dict)
-    current, new, recovered = transitions(findings, notified, now)
+    clean_runs = state.get("clean_runs") if isinstance(state.get("clean_runs"), dict) else {}
+    assert isinstance(clean_runs, dict)
+    current, new, recovered, clean = transitions(findings, notified, now, clean_runs, config.webhook.recover_after)
+    gone = {r["key"] for r in recovered}
+    # Cleared, but not for enough runs yet: still open as far as anyone was told.
+    holding = {k: p for k, p in notified.items() if k in clean and k not in gone}
     events = [f.as_dict() for f in findings if f.event and f.severity != OK]
     pending = [e for e in state.get("pending_events", []) if isinstance(e, dict)]
     report: dict[str, Any] = {"configured": bool(config.webhook.url), "sent": [], "failed": []}
-    keep: dict[str, Any] = {"notified": notified, "pending_events": pending}
+    keep: dict[str, Any] = {"notified": notified, "pending_events": pending, "clean_runs": clean_runs}
     if read_only:
         report["skipped"] = "read-only run (--no-webhook)"
     elif not config.webhook.url:
-        keep = {"notified": current, "pending_events": []}  # nobody to tell: all counts as told
+        keep = {"notified": {**holding, **current}, "pending_events": []}  # nobody to tell: all counts as told
     else:
         told = dict(notified)
         waiting = (pending + events)[-50:]
@@ -1272,6 +1514,8 @@ def notify(config: Config, host: str, status: str, findings: list[Finding], stat
             if now_open is not None and RANK[now_open["severity"]] <= RANK[was["severity"]]:
                 told[key] = now_open
         keep = {"notified": told, "pending_events": waiting}
+    if not read_only:
+        keep["clean_runs"] = {k: runs for k, runs in clean.items() if k in keep["notified"]}
     return report, keep, [p["key"] for p in new] + [e["key"] for e in events], [r["key"] for r in recovered]
 
 
