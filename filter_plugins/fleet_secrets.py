@@ -1,7 +1,7 @@
 """Filters that keep secrets out of what Ansible prints (task names, results, AWX job events).
 
 The jobs on the hosts redact their own output (roles/backup/files/fleet_backup.py,
-roles/health_check/files/fleet_health.py: each is installed on its own and carries the same rule).
+roles/health_check/files/fleet_health/alerts.py: each is installed on its own and carries the same rule).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Shared helpers for the health checker's tests: load the checker, fake services, a webhook receiver.
 
-The checker is a single file installed on hosts (roles/health_check/files/fleet_health.py), not a
-package, so it is loaded from its path. Every server here listens on 127.0.0.1 only.
+The checker is the package roles/health_check/files/fleet_health; `fh` sees its modules as one
+namespace (fh.check_service, fh.WARN, ...), and fh.<module> is each module itself, where a test
+must patch a name. Every server here listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 import threading
@@ -16,24 +17,36 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKER = ROOT / "roles" / "health_check" / "files" / "fleet_health.py"
+CHECKER = ROOT / "roles" / "health_check" / "files"
 FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "nvidia-smi"
 FAKE_SMI = FIXTURES / "fake-nvidia-smi"
 XID_LOG = FIXTURES / "kernel-log" / "xid.log"
 
 
-def load_checker() -> ModuleType:
-    if "fleet_health" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fleet_health", CHECKER)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fleet_health"] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules["fleet_health"]
+class Checker:
+    """The checker's modules as one namespace: an attribute is looked up in each module in turn."""
+
+    MODULES = ("config", "common", "services", "host", "gpu", "alerts", "cli")
+
+    def __init__(self) -> None:
+        if str(CHECKER) not in sys.path:
+            sys.path.insert(0, str(CHECKER))
+        self.modules = [importlib.import_module(f"fleet_health.{name}") for name in self.MODULES]
+        for name, module in zip(self.MODULES, self.modules, strict=True):
+            setattr(self, name, module)
+
+    def __getattr__(self, name: str) -> Any:
+        for module in self.modules:
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(f"no fleet_health module defines {name}")
+
+
+def load_checker() -> Any:
+    return Checker()
 
 
 fh = load_checker()

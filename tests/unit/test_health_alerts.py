@@ -425,7 +425,7 @@ def test_the_command_line_runs_once_and_reports_crashes_as_unknown(tmp_path, mon
     def boom(*args: Any) -> None:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(fh, "execute", boom)
+    monkeypatch.setattr(fh.cli, "execute", boom)
     assert fh.main(["--config", str(config_file), "--once"]) == 3
     assert json.loads(log.read_text().splitlines()[-1])["message"] == "checker crashed: RuntimeError: kaput"
     assert "checker crashed" in capsys.readouterr().err

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from health_support import Behaviour, fake_service, fake_systemctl, fh, make_config, write_deploy_state
+from health_support import ROOT, Behaviour, fake_service, fake_systemctl, fh, make_config, write_deploy_state
 
 
 def service_spec(name: str = "main-api", slots: list[int] | None = None, **extra: Any) -> dict[str, Any]:
@@ -102,7 +104,7 @@ class FakeVfs:
 
 
 def test_disk_space_and_inodes_once_per_filesystem(tmp_path, monkeypatch):
-    monkeypatch.setattr(fh.os, "statvfs", lambda path: FakeVfs(free=120, files_free=30))
+    monkeypatch.setattr(os, "statvfs", lambda path: FakeVfs(free=120, files_free=30))
     (tmp_path / "sub").mkdir()
     metrics = fh.Metrics()
     findings = fh.check_disks(fh.DiskSettings(paths=[str(tmp_path), str(tmp_path / "sub"), "/nonexistent"],
@@ -202,14 +204,10 @@ def test_check_config_cli(tmp_path, capsys):
 
 def test_the_role_template_renders_a_config_the_checker_accepts():
     """The role's defaults and the checker's config keys stay in step (names checked, not values)."""
-    template = (fh_root() / "roles/health_check/templates/health.json.j2").read_text()
-    keys = set(__import__("re").findall(r'"([a-z_]+)":', template))
-    known = {f.name for cls in [fh.Config, fh.ServiceSpec, *fh._SECTIONS.values()] for f in fh.dataclasses.fields(cls)}
+    template = (ROOT / "roles/health_check/templates/health.json.j2").read_text()
+    keys = set(re.findall(r'"([a-z_]+)":', template))
+    known = {f.name for cls in [fh.Config, fh.ServiceSpec, *fh._SECTIONS.values()] for f in dataclasses.fields(cls)}
     assert keys - known - set(fh._SECTIONS) - {"_comment"} == set()
-
-
-def fh_root() -> Path:
-    return Path(fh.__file__).resolve().parents[3]
 
 
 def test_environment_paths_reach_sbin(monkeypatch):

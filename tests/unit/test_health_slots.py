@@ -54,7 +54,7 @@ def judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listeners: dict[int, 
     if lock is not None:
         Path(config.slots.lock_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.slots.lock_dir) / "main-api.lock").write_text(json.dumps(lock))
-    monkeypatch.setattr(fh, "parse_listeners", lambda _output: listeners)
+    monkeypatch.setattr(fh.services, "parse_listeners", lambda _output: listeners)
     return keys(fh.check_slots(config, fh.run_command))
 
 
