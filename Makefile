@@ -68,7 +68,7 @@ molecule-stream-%:
 
 # Real hosts over SSH: brings the lab up, runs the playbooks as a user types them, takes it down.
 integration: deps
-	pytest -v -p no:cacheprovider tests/integration 2>&1 | sed -u 's/^/[integration] /'
+	pytest -v -p no:cacheprovider --durations=12 tests/integration 2>&1 | sed -u 's/^/[integration] /'
 
 ## bench: hot deploy vs naive restart under load on the lab (prints figures, draws build/bench/hot_deploy.png)
 bench: lab
