@@ -105,9 +105,11 @@ def test_a_renewed_certificate_reaches_this_guest_at_the_next_run_by_a_reload(ho
     assert renewal.rc == 0, renewal.stdout + renewal.stderr
     assert served_serial(host, "zapier-mcp") != file_serial(issuer, "zapier-mcp")  # still the old copy
     master = host.file("/run/nginx.pid").content_string.strip()
+    host.check_output(f"install -d -m 0700 {RECEIVED}/retired-service")  # a copy nothing here serves
 
     assert changed_count(playbook("--tags", "certbot"))[RECEIVER] > 0
     for service in CERTIFIED:
         assert served_serial(host, service) == file_serial(issuer, service), service
+    assert not host.file(f"{RECEIVED}/retired-service").exists
     assert host.file("/run/nginx.pid").content_string.strip() == master, "nginx was restarted, not reloaded"
     assert set(changed_count(playbook("--tags", "certbot")).values()) == {0}
