@@ -34,7 +34,10 @@ HEALTH_DEFAULTS: dict[str, Any] = {
 # Set by the unit template for each slot; EnvironmentFile= would win over them.
 RESERVED_ENVIRONMENT = ("FLEET_SERVICE", "FLEET_SLOT_PORT")
 RELEASE_KEYS = ("version", "archive", "sha256", "keep")
-NGINX_KEYS = ("server_names", "location")
+NGINX_KEYS = ("server_names", "location", "rate_limit")
+RATE_LIMIT_KEYS = ("rate", "burst")
+# Far above any real per-client rate, and far below what overflows nginx's integer parsing.
+RATE_LIMIT_MAX = 1_000_000
 
 # Every pattern is matched with fullmatch: `$` would also match before a trailing newline, and a
 # newline is exactly what would add a line to a unit file or an nginx configuration.
@@ -92,6 +95,11 @@ description:
     tab.
   - C(release.archive) is an C(https://) URL, which needs C(release.sha256), or an absolute path
     on the controller.
+  - C(nginx.rate_limit) is optional; absent (or null), the service has no limit and the result
+    holds V(null). Given, it is C(rate) (requests per second per client address, a whole number
+    from 1 to 1000000) and C(burst) (requests a client may send at once above the rate, a whole
+    number from 0 to 1000000, default C(rate)); the result adds V(zone), the name of its nginx
+    C(limit_req_zone) (V(fleet_rate_) and the service name with C(-) as C(_)).
 positional: groups, reserved_ports
 options:
   _input:
@@ -386,15 +394,17 @@ def _text(where: str, value: Any, problems: _Problems, example: str, default: st
 
 
 def _integer(
-    where: str, value: Any, problems: _Problems, default: int, low: int, high: int | None = None
+    where: str, value: Any, problems: _Problems, default: int, low: int, high: int | None = None,
+    example: str = "",
 ) -> int:
     if value is None:
         return default
     bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+    hint = f"; e.g. {example}" if example else ""
     if not _is_int(value):
-        problems.add(where, f"must be a whole number {bounds}, got {_kind(value)}")
+        problems.add(where, f"must be a whole number {bounds}, got {_kind(value)}{hint}")
     elif value < low or (high is not None and value > high):
-        problems.add(where, f"must be {bounds}, got {value}")
+        problems.add(where, f"must be {bounds}, got {value}{hint}")
     else:
         return int(value)
     return default
@@ -614,7 +624,35 @@ def _nginx(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
         problems.add(f"{where}.location", "a service with no server_names is routed by location on "
                                           "nginx's default server, so it needs a location other than '/', "
                                           f"e.g. /{name}/; or give it server_names")
-    return {"server_names": server_names, "location": location}
+    return {"server_names": server_names, "location": location,
+            "rate_limit": _rate_limit(name, raw.get("rate_limit"), problems)}
+
+
+def _rate_limit(name: str, value: Any, problems: _Problems) -> dict[str, Any] | None:
+    """nginx's limit_req for the service, per client address; None (no limit) when absent.
+
+    burst defaults to rate: a client may send one second's worth of requests at once (a page and
+    its assets, a batch of API calls) before it is held to the rate. nginx's own default, 0,
+    refuses any request that follows the previous one within 1/rate seconds.
+    """
+    where = f"{name}.nginx.rate_limit"
+    example = "rate_limit: {rate: 10, burst: 20}"
+    if value is None:
+        return None
+    raw = _mapping(where, value, problems, example)
+    if not isinstance(value, Mapping):
+        return None
+    _check_keys(where, raw, RATE_LIMIT_KEYS, problems)
+    if raw.get("rate") is None:
+        problems.add(f"{where}.rate", f"is required: requests per second per client address; e.g. {example}, "
+                                      "or remove rate_limit for no limit")
+        return None
+    rate = _integer(f"{where}.rate", raw.get("rate"), problems, 0, 1, RATE_LIMIT_MAX,
+                    example="rate: 10 (requests per second, unquoted)")
+    burst = _integer(f"{where}.burst", raw.get("burst"), problems, rate, 0, RATE_LIMIT_MAX,
+                     example="burst: 20 (requests at once above the rate, unquoted)")
+    # A distinct prefix: a zone named like another module's (lua_shared_dict fleet_slots) fails nginx -t.
+    return {"rate": rate, "burst": burst, "zone": "fleet_rate_" + name.replace("-", "_")}
 
 
 def _command(name: str, value: Any, problems: _Problems) -> str:

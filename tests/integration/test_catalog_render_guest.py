@@ -6,7 +6,8 @@ them with Ansible and the roles' own templates and defaults (tests/catalog_rende
 checks them in one container of the lab image (systemd as PID 1; nginx installed from Debian's
 mirror, which the lab's guests reach):
 
-- `nginx -t` on each catalog's whole nginx configuration, with no warning;
+- `nginx -t` on each catalog's whole nginx configuration, with no warning (rate-limited services
+  among them, routed by name, over TLS, and by location);
 - `systemd-analyze verify` on each service's unit, with nothing said about it;
 - systemd's own reading of each unit (busctl): Description= and the argv of ExecStart= are the
   catalog's description and the words of its command;
@@ -40,7 +41,7 @@ from tests.unit.test_catalog_properties import GROUPS, PROFILE, PROGRAMS, SHA, G
 from .conftest import ROOT
 from .guest import booted_container
 
-DRAWN = 100  # catalogs drawn, the same on every run; about 40 pass validation and are all checked
+DRAWN = 100  # catalogs drawn, the same on every run; about 35 pass validation and are all checked
 PROBE_COMMAND = (
     "/usr/bin/python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]), flush=True)' "
     "100% '$HOME' '${HOME}' %i %% {port} --port={port} ';' 'a b' \"it's\" 'back\\slash' 'say \"hi\"' Zoë ''"
@@ -48,7 +49,7 @@ PROBE_COMMAND = (
 PROBE = {"probe": {
     "port": 8000, "group": "fleet", "description": "Probe: 100% of $HOME", "command": PROBE_COMMAND,
     "release": {"version": "1.0.0", "archive": "https://artifacts.test/probe-{version}.tar.gz", "sha256": SHA},
-    "nginx": {"server_names": ["probe.test"]},
+    "nginx": {"server_names": ["probe.test"], "rate_limit": {"rate": 5}},
 }}
 
 pytestmark = pytest.mark.skipif(
@@ -185,6 +186,12 @@ def test_accepted_catalogs_render_configs_nginx_and_systemd_accept(guest: str, t
     results = json.loads(docker("exec", "-i", guest, "python3", "-", "/root/render.json",
                                 input=GUEST_CHECK, timeout=600).stdout)
 
+    # Rate limits rendered in each kind of route: by name, by name over TLS, by location.
+    limited = [(name in entry["tls"], bool(service["nginx"]["server_names"]))
+               for entry in rendered["catalogs"] for name, service in entry["catalog"].items()
+               if service["nginx"]["rate_limit"]]
+    assert {(False, True), (True, True), (False, False)} <= set(limited), limited
+
     units = 0
     for entry, result in zip(rendered["catalogs"], results, strict=True):
         where = json.dumps(entry["catalog"], ensure_ascii=False)[:2000]
@@ -205,5 +212,6 @@ def test_accepted_catalogs_render_configs_nginx_and_systemd_accept(guest: str, t
     assert probe["start"][0] == 0, probe["start"]
     assert json.loads(probe["printed"]) == [w.replace("{port}", "8000") for w in shlex.split(PROBE_COMMAND)][3:]
     print(f"\n{DRAWN} catalogs drawn: {refused} refused, {len(catalogs)} accepted and rendered; with the probe, "
-          f"{len(results)} nginx configurations passed nginx -t and {units} units systemd-analyze verify and "
+          f"{len(results)} nginx configurations ({len(limited)} rate-limited services) passed nginx -t and "
+          f"{units} units systemd-analyze verify and "
           "systemd's reading of Description= and ExecStart=; the probe ran")

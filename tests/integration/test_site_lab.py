@@ -3,14 +3,18 @@ run changes nothing."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import re
+import shlex
+import time
 import urllib.request
 
 import yaml
 
 from .conftest import ROOT, Lab
-from .helpers import HOST1, HOST3, flat
+from .helpers import HOST1, HOST2, HOST3, flat
 
 CATALOG = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
 SERVICES = {name: spec["port"] for name, spec in CATALOG["fleet_services"].items()}
@@ -82,3 +86,82 @@ def test_a_failed_certificate_request_fails_the_host_only_after_its_other_roles_
         assert re.search(rf"^{host}\s*:.*failed=1 ", recap, re.MULTILINE), host
         for service in SERVICES:
             assert through_nginx(lab.hosts[host], service)["service"] == service
+
+
+# Sends `count` GET requests to nginx at `address` for `host_name`, each on a new connection, one
+# after the other (`pause` seconds apart), and prints their statuses and how long they took.
+BURST = """
+import http.client, json, sys, time
+address, host_name, path, count, pause = sys.argv[1:4] + [int(sys.argv[4]), float(sys.argv[5])]
+codes, start = [], time.monotonic()
+for index in range(count):
+    if index:
+        time.sleep(pause)
+    conn = http.client.HTTPConnection(address, 80, timeout=5)
+    conn.request("GET", path, headers={"Host": host_name})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    codes.append(response.status)
+print(json.dumps({"codes": codes, "took": time.monotonic() - start}))
+"""
+
+
+def burst(lab: Lab, source: str, address: str, service: str, count: int, pause: float = 0.0,
+          path: str = "/health") -> tuple[list[int], float]:
+    """The statuses of `count` requests sent from `source` (one ssh call, so they leave back to back)."""
+    argv = ["python3", "-c", BURST, address, f"{service}.fleet.test", path, str(count), str(pause)]
+    result = json.loads(lab.ssh(source, shlex.join(argv)).stdout)
+    return result["codes"], result["took"]
+
+
+def test_a_rate_limit_answers_a_burst_over_it_with_429_but_not_traffic_under_it_or_the_host_itself(lab: Lab, tmp_path):
+    """main-api limited on HOST2 only (site.yml --tags nginx --limit, the catalog with the limit as
+    an extra-vars file), bursts sent from HOST3 and from HOST2 itself, then the lab catalog back."""
+    service, rate, limit = "main-api", 2, 4
+    catalog = copy.deepcopy(CATALOG)
+    catalog["fleet_services"][service]["nginx"]["rate_limit"] = {"rate": rate, "burst": limit}
+    limited = tmp_path / "rate-limited.yml"
+    limited.write_text(yaml.safe_dump(catalog))
+    address = lab.hosts[HOST2]
+    converge = ("site.yml", "--tags", "nginx", "--limit", HOST2)
+    try:
+        lab.playbook(*converge, "-e", f"@{limited}")
+        assert (f"limit_req zone=fleet_rate_main_api burst={limit} nodelay;"
+                in lab.ssh(HOST2, f"cat /etc/nginx/fleet/sites/{service}.conf").stdout)
+
+        # Over the limit, from another host: the first burst+1 pass at once, the rest get 429 (the
+        # bucket drains `rate` requests a second while the burst is sent, which may let a few more by).
+        codes, took = burst(lab, HOST3, address, service, 20)
+        passed = codes.count(200)
+        print(f"{HOST3} -> {HOST2} {service}: {codes.count(429)} of {len(codes)} got 429 in {took:.2f}s: {codes}")
+        assert set(codes) <= {200, 429}, codes
+        assert codes[:limit + 1] == [200] * (limit + 1), codes
+        assert limit + 1 <= passed <= limit + 1 + math.ceil(took * rate), codes
+        assert codes.count(429) >= 20 - (limit + 1 + math.ceil(took * rate)) > 0, codes
+
+        # The same burst at a service without a limit, and at the ACME challenges: no 429.
+        other, _ = burst(lab, HOST3, address, "personas-api", 20)
+        assert other == [200] * 20, other
+        acme, _ = burst(lab, HOST3, address, service, 20, path="/.well-known/acme-challenge/none")
+        assert 429 not in acme and set(acme) == {404}, acme
+
+        # From the host itself (the deploy's verification, the health checker): never limited. (The
+        # lab's containers have no IPv6, so ::1 is left to the unit tests of the template.)
+        local, _ = burst(lab, HOST2, "127.0.0.1", service, 30)
+        assert local == [200] * 30, local
+
+        # Under the limit once the bucket has drained (burst/rate seconds): more requests than the
+        # burst, each within the rate, and none refused.
+        time.sleep(limit / rate + 0.5)
+        steady, took = burst(lab, HOST3, address, service, 3 * (limit + 1), pause=1.1 / rate)
+        print(f"{HOST3} -> {HOST2} {service} under the limit: {steady.count(429)} of {len(steady)} got 429 "
+              f"in {took:.2f}s")
+        assert steady == [200] * len(steady), steady
+    finally:
+        lab.playbook(*converge)  # the lab catalog again: no limit
+
+    assert "limit_req" not in lab.ssh(HOST2, f"cat /etc/nginx/fleet/sites/{service}.conf").stdout
+    assert "limit_req_zone" not in lab.ssh(HOST2, "cat /etc/nginx/conf.d/fleet-rate-limits.conf").stdout
+    after, _ = burst(lab, HOST3, address, service, 20)
+    assert after == [200] * 20, after

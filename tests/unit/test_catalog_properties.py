@@ -121,11 +121,22 @@ def _nginx(draw: st.DrawFn, index: int, hostile: list[str]) -> dict[str, Any]:
             location + "../",
             _inserted(draw, location, (" ", ";", "{", "}", "#", "'", '"', "\n", "\t", "$", "\\", "\x00")),
         ]))
-    return {"server_names": names, "location": location}
+    rate_limit: Any = draw(st.one_of(st.none(), st.fixed_dictionaries(
+        {"rate": st.integers(1, 1_000_000)}, optional={"burst": st.integers(0, 1_000_000)})))
+    if "nginx.rate_limit" in hostile:
+        valid = rate_limit or {"rate": 10}
+        rate_limit = draw(st.sampled_from([
+            {**valid, "rate": draw(st.sampled_from([0, -1, 1_000_001, "10", "10r/s", 2.5, 10.0, True, None, [10]]))},
+            {**valid, "burst": draw(st.sampled_from([-1, 1_000_001, "5", 1.5, False, {"n": 1}]))},
+            {**valid, draw(st.sampled_from(["per", "zone", "Rate", "rate\n"])): 1},
+            draw(st.sampled_from(["10r/s", 10, [10], True])),
+        ]))
+    return {"server_names": names, "location": location,
+            **({} if rate_limit is None and draw(st.booleans()) else {"rate_limit": rate_limit})}
 
 
 FIELDS = ("name", "description", "health.path", "health.body", "release", "command", "environment",
-          "nginx.server_names", "nginx.location", "user")
+          "nginx.server_names", "nginx.location", "nginx.rate_limit", "user")
 
 
 @st.composite
@@ -168,6 +179,9 @@ def generated_catalogs(draw: st.DrawFn) -> Generated:
             elif name_of_field == "environment":
                 key = next(iter(generated.services[name]["environment"]))
                 generated.hostile.append((f"fleet_services.{where}.environment.{_printable(key)}:",))
+            elif name_of_field == "nginx.rate_limit":  # the mapping, or the key in it that is wrong
+                generated.hostile.append((f"fleet_services.{where}.nginx.rate_limit:",
+                                          f"fleet_services.{where}.nginx.rate_limit.",))
             elif name_of_field == "release":
                 generated.hostile.append(tuple(f"fleet_services.{where}.release.{key}:"
                                                for key in ("archive", "sha256", "version")))
@@ -242,3 +256,7 @@ def test_generated_catalog_is_refused_naming_each_hostile_field_or_accepted(gene
         assert _control_char(line) is None, line
         expected = [w.replace("{port}", str(service["port"])) for w in shlex.split(generated.services[name]["command"])]
         assert systemd_argv(line, service["port"]) == expected
+        given = generated.services[name]["nginx"].get("rate_limit")
+        assert service["nginx"]["rate_limit"] == (None if given is None else {
+            "rate": given["rate"], "burst": given.get("burst", given["rate"]),
+            "zone": "fleet_rate_" + name.replace("-", "_")})

@@ -77,7 +77,8 @@ def render(template: str, **extra: Any) -> str:
 
 def service(name: str, location: str = "/", names: list[str] | None = None) -> dict[str, Any]:
     return {"name": name, "upstream": f"fleet_{name.replace('-', '_')}",
-            "nginx": {"server_names": [f"{name}.example.org"] if names is None else names, "location": location}}
+            "nginx": {"server_names": [f"{name}.example.org"] if names is None else names, "location": location,
+                      "rate_limit": None}}
 
 
 def servers(config: str) -> list[str]:

@@ -112,7 +112,7 @@ def test_defaults_are_filled_in() -> None:
                              "interval": 0.1, "start_grace": 0}
     assert svc["release"]["keep"] == 5
     assert svc["environment_names"] == []
-    assert svc["nginx"] == {"server_names": ["api.test"], "location": "/"}
+    assert svc["nginx"] == {"server_names": ["api.test"], "location": "/", "rate_limit": None}
     assert svc["drain_timeout"] == 30
     assert svc["user"] == "fleet"
     assert svc["hosts"] == ["h1", "h2"]
@@ -152,7 +152,8 @@ def test_highest_port_is_allowed() -> None:
 def test_location_routed_service_on_default_server() -> None:
     services = with_change("main-api", "nginx", {"location": "/main/"})
     assert fleet_validated_catalog(services, GROUPS)["main-api"]["nginx"] == {"server_names": [],
-                                                                              "location": "/main/"}
+                                                                              "location": "/main/",
+                                                                              "rate_limit": None}
 
 
 def test_inventory_catalog_is_valid() -> None:
@@ -502,6 +503,78 @@ def test_default_server_locations_collide() -> None:
     services["personas-api"]["nginx"] = {"location": "/api/"}
     problem(services, "fleet_services.personas-api.nginx.location:",
             "location '/api/' on nginx's default server is already routed to service 'main-api'")
+
+
+# --------------------------------------------------------------------------- nginx rate limits
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"rate": 10}, {"rate": 10, "burst": 10}),  # burst defaults to one second's worth
+    ({"rate": 1, "burst": 0}, {"rate": 1, "burst": 0}),
+    ({"rate": 5, "burst": 100}, {"rate": 5, "burst": 100}),
+    ({"rate": 1_000_000, "burst": 1_000_000}, {"rate": 1_000_000, "burst": 1_000_000}),
+])
+def test_rate_limit_is_normalised_with_its_zone(given: dict[str, Any], expected: dict[str, Any]) -> None:
+    catalog = fleet_validated_catalog(with_change("main-api", "nginx.rate_limit", given), GROUPS)
+    assert catalog["main-api"]["nginx"]["rate_limit"] == {**expected, "zone": "fleet_rate_main_api"}
+    assert catalog["personas-api"]["nginx"]["rate_limit"] is None  # absent: no limit
+
+
+def test_rate_limit_null_means_no_limit() -> None:
+    catalog = fleet_validated_catalog(with_change("main-api", "nginx.rate_limit", None), GROUPS)
+    assert catalog["main-api"]["nginx"]["rate_limit"] is None
+
+
+def test_rate_limit_zones_are_unique_per_service() -> None:
+    services = example_catalog()
+    for spec in services.values():
+        spec["nginx"]["rate_limit"] = {"rate": 3}
+    zones = [svc["nginx"]["rate_limit"]["zone"] for svc in fleet_validated_catalog(services, GROUPS).values()]
+    assert sorted(zones) == ["fleet_rate_infrastructure", "fleet_rate_main_api", "fleet_rate_personas_api",
+                             "fleet_rate_zapier_mcp"]
+
+
+def test_rate_limit_on_a_location_routed_service() -> None:
+    services = with_change("main-api", "nginx", {"location": "/main/", "rate_limit": {"rate": 2, "burst": 4}})
+    nginx = fleet_validated_catalog(services, GROUPS)["main-api"]["nginx"]
+    assert nginx["rate_limit"] == {"rate": 2, "burst": 4, "zone": "fleet_rate_main_api"}
+
+
+@pytest.mark.parametrize(("given", "field", "expected"), [
+    ({"rate": 0}, "rate", "must be between 1 and 1000000, got 0; e.g. rate: 10"),
+    ({"rate": -5}, "rate", "must be between 1 and 1000000, got -5"),
+    ({"rate": "10"}, "rate", "must be a whole number between 1 and 1000000, got a string ('10')"),
+    ({"rate": "10r/s"}, "rate", "got a string ('10r/s'); e.g. rate: 10 (requests per second, unquoted)"),
+    ({"rate": 2.5}, "rate", "must be a whole number between 1 and 1000000, got a number (2.5)"),
+    ({"rate": 10.0}, "rate", "must be a whole number between 1 and 1000000, got a number (10.0)"),
+    ({"rate": True}, "rate", "got a boolean (True)"),
+    ({"rate": [10]}, "rate", "got a list"),
+    ({"rate": 10, "burst": -1}, "burst", "must be between 0 and 1000000, got -1; e.g. burst: 20"),
+    ({"rate": 10, "burst": "5"}, "burst", "must be a whole number between 0 and 1000000, got a string ('5')"),
+    ({"rate": 10, "burst": 1.5}, "burst", "got a number (1.5)"),
+    ({"rate": 1_000_001}, "rate", "must be between 1 and 1000000, got 1000001"),
+    ({"rate": 10**30}, "rate", "must be between 1 and 1000000"),
+    ({"rate": 10, "burst": 1_000_001}, "burst", "must be between 0 and 1000000, got 1000001"),
+    ({"burst": 5}, "rate", "is required: requests per second per client address"),
+    ({}, "rate", "is required"),
+    ({"rate": 10, "brust": 5}, "brust", "unknown key 'brust' (did you mean 'burst'?); allowed keys are: burst, rate"),
+    ({"rate": 10, "zone": "x"}, "zone", "unknown key 'zone'"),
+])
+def test_bad_rate_limit_is_refused_naming_the_field(given: dict[str, Any], field: str, expected: str) -> None:
+    problem(with_change("main-api", "nginx.rate_limit", given), f"fleet_services.main-api.nginx.rate_limit.{field}:",
+            expected)
+
+
+@pytest.mark.parametrize("given", ["10r/s", 10, ["rate", 10], True])
+def test_rate_limit_must_be_a_mapping(given: Any) -> None:
+    problem(with_change("main-api", "nginx.rate_limit", given), "fleet_services.main-api.nginx.rate_limit:",
+            "must be a mapping", "e.g. rate_limit: {rate: 10, burst: 20}")
+
+
+def test_every_rate_limit_problem_is_reported_at_once() -> None:
+    lines = problems(with_change("main-api", "nginx.rate_limit", {"rate": 0, "burst": -1, "per": "ip"}))
+    assert sorted(line.split(":", 1)[0] for line in lines) == [
+        "fleet_services.main-api.nginx.rate_limit.burst", "fleet_services.main-api.nginx.rate_limit.per",
+        "fleet_services.main-api.nginx.rate_limit.rate"]
 
 
 # --------------------------------------------------------------------------- hostile input (issue 13)
