@@ -60,6 +60,25 @@ def test_slot_ports_are_not_reachable_from_another_host(lab: Lab):
         assert probe.returncode != 0, f"{second}:{port} answered from {first}"
 
 
+def test_a_web_host_health_checks_its_services_and_reports_a_stopped_one(lab: Lab):
+    """site.yml installs the health checker on every host, not only on the GPU ones: a web host's
+    run (read-only, as an operator would try it) finds its stopped live slot, and checks no GPU."""
+    assert lab.ssh(HOST2, "grep -c fleet-health /etc/cron.d/fleet-health").stdout.strip() == "1"
+    live = json.loads(lab.ssh(HOST2, "cat /var/lib/fleet/state/main-api.json").stdout)["live_port"]
+    lab.ssh(HOST2, f"systemctl stop main-api@{live}.service")
+    try:
+        run = lab.ssh(HOST2, "/usr/local/sbin/fleet-health --config /etc/fleet/health.json --once --no-webhook "
+                             "--log-file -", check=False)
+        record = json.loads(run.stdout.strip().splitlines()[-1])
+        problems = {p["key"]: p["severity"] for p in record["problems"]}
+        assert (run.returncode, problems["service:main-api"]) == (2, "critical"), problems
+        assert f"main-api@{live}.service is inactive" in flat(run.stdout)
+        assert not [c["key"] for c in record["checks"] if c["key"].startswith(("gpu", "nvidia"))]
+    finally:
+        lab.ssh(HOST2, f"systemctl start main-api@{live}.service && timeout 30 sh -c "
+                       f"'until curl -fs http://127.0.0.1:{live}/health >/dev/null; do sleep 0.2; done'")
+
+
 def test_a_failed_certificate_request_fails_the_host_only_after_its_other_roles_ran(lab: Lab):
     """The ACME server refuses (here: nothing listens on its port). HOST1 requests every lab
     certificate (each service's certificate_issuer) and fails; HOST3 finds none to copy from it.
