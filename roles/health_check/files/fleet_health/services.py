@@ -203,9 +203,7 @@ def check_slots(config: Config, runner: Runner) -> list[Finding]:
             continue  # the service check reports it
         if current is None:
             continue
-        lock = deploy_lock.read(service.name, config.slots.lock_dir)
-        deploying = (lock is not None and not deploy_lock.orphaned(lock)
-                     and float(lock.get("expires_epoch", 0)) >= time.time())
+        deploying = deploy_lock.in_progress(deploy_lock.read(service.name, config.slots.lock_dir))
         findings.extend(_judge_slots(service, current, listeners, deploying))
     return findings
 
@@ -278,8 +276,7 @@ def heal_by_switch(service: ServiceSpec, failures: int, config: Config) -> Findi
         verify_host=service.nginx_host or None, keep=service.keep, service_root=heal.service_root,
         state_dir=config.deploy_state_dir, lock_dir=config.slots.lock_dir,
         control_socket=heal.control_socket or slot_nginx.CONTROL_SOCKET, config_dir=heal.config_dir)
-    held = deploy_lock.read(service.name, config.slots.lock_dir)
-    if held is not None and not deploy_lock.orphaned(held) and float(held.get("expires_epoch", 0)) >= time.time():
+    if deploy_lock.in_progress(deploy_lock.read(service.name, config.slots.lock_dir)):
         return None  # a deploy is moving this service right now: not ours to interfere with
     try:
         outcome = slot_engine.run(

@@ -64,6 +64,11 @@ def orphaned(lock: dict[str, Any]) -> bool:
     return "pid" in lock and not alive(lock["pid"])
 
 
+def in_progress(lock: dict[str, Any] | None) -> bool:
+    """A deploy holds the lock right now: its process still runs here and the lock has not expired."""
+    return lock is not None and not orphaned(lock) and float(lock.get("expires_epoch", 0)) >= time.time()
+
+
 def held_by_other(lock: dict[str, Any] | None, deploy_id: str) -> bool:
     """A live holder other than `deploy_id` has the lock."""
     return lock is not None and lock.get("deploy_id") != deploy_id and not orphaned(lock)
