@@ -63,7 +63,9 @@ molecule: deps
 
 molecule-stream-%:
 	for scenario in $(subst $(comma), ,$*); do \
+	    started=$$SECONDS; \
 	    molecule test -s $$scenario 2>&1 | sed -u "s/^/[molecule:$$scenario] /"; \
+	    echo "[molecule:$$scenario] passed in $$((SECONDS - started)) s"; \
 	done
 
 # Real hosts over SSH: brings the lab up, runs the playbooks as a user types them, takes it down.

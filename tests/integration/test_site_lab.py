@@ -1,5 +1,6 @@
-"""site.yml on the lab fleet: every service answers through every host's nginx, and a second
-run changes nothing."""
+"""site.yml on the lab fleet: every service answers through every host's nginx, a bad catalog
+changes nothing, the slots stay on loopback, the health checker and certbot's failure path, rate
+limits. (The second run changing nothing is checked under ansible-runner: test_awx_runner.py.)"""
 
 from __future__ import annotations
 
@@ -33,17 +34,6 @@ def test_every_service_answers_through_every_hosts_nginx(lab: Lab):
             live = json.loads(lab.ssh(host, f"cat /var/lib/fleet/state/{service}.json").stdout)["live_port"]
             health = through_nginx(address, service)
             assert (health["status"], health["service"], health["port"]) == ("ok", service, live), host
-
-
-def test_second_site_run_changes_nothing(lab: Lab):
-    out = lab.playbook("site.yml").stdout
-    recap = out.split("PLAY RECAP", 1)[1]
-    changed = dict(re.findall(r"^(\S+)\s*:.*?changed=(\d+)", recap, re.MULTILINE))
-    assert set(changed) == set(lab.hosts)
-    # Which task changed what, when one did.
-    tasks = [(task.split("]", 1)[0], sorted(set(re.findall(r"^changed: \[(\S+)\]", task, re.MULTILINE))))
-             for task in out.split("TASK [")[1:]]
-    assert all(count == "0" for count in changed.values()), [t for t in tasks if t[1]]
 
 
 def test_site_rejects_a_bad_catalog_before_changing_anything(lab: Lab):
