@@ -7,7 +7,12 @@ release directory as `python3 app.py --port 8090`. The release directory holds `
 
     {"version": "1.2.0", "unhealthy": false, "startup_delay": 0}
 
-Endpoints: GET /health (503 when the release was built unhealthy), GET /slow?seconds=N, GET/HEAD
+and, for the release-safety drills, optionally `error_share` (0 to 1: that share of the requests
+other than /health answer 500, spread evenly: with 0.2 every fifth one) and `latency` (seconds
+added to each of them), while /health stays green.
+
+Endpoints: GET /health (503 when the release was built unhealthy), GET /slow?seconds=N, GET
+/status/NNN (answers that error status, 400 to 599: the request figures' tests send 5xx with it), GET/HEAD
 of any other path (describes the request), POST of any path (length and sha256 of the body).
 Other methods answer 405. On SIGTERM or SIGINT it closes its listening socket, lets in-flight
 requests finish (bounded by DEMO_DRAIN_TIMEOUT), and exits 0; idle keep-alive connections do not
@@ -66,6 +71,8 @@ class Release:
     version: str = "dev"
     unhealthy: bool = False
     startup_delay: float = 0.0
+    error_share: float = 0.0  # share of the requests other than /health answered with 500
+    latency: float = 0.0  # seconds added to each request other than /health
 
 
 def load_release(path: Path = RELEASE_FILE) -> Release:
@@ -89,7 +96,13 @@ def load_release(path: Path = RELEASE_FILE) -> Release:
         raise ConfigError(f"{path}: 'unhealthy' must be true or false")
     if isinstance(delay, bool) or not isinstance(delay, int | float):
         raise ConfigError(f"{path}: 'startup_delay' must be a number of seconds")
-    return Release(version, unhealthy, _seconds(float(delay), f"{path}: 'startup_delay'"))
+    share, latency = data.get("error_share", 0), data.get("latency", 0)
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise ConfigError(f"{path}: 'error_share' must be a number from 0 to 1, got {share!r}")
+    if isinstance(latency, bool) or not isinstance(latency, int | float):
+        raise ConfigError(f"{path}: 'latency' must be a number of seconds")
+    return Release(version, unhealthy, _seconds(float(delay), f"{path}: 'startup_delay'"), float(share),
+                   _seconds(float(latency), f"{path}: 'latency'"))
 
 
 def _seconds(value: float, what: str) -> float:
@@ -152,6 +165,17 @@ class DemoServer(ThreadingHTTPServer):
         self.started = time.monotonic()
         self.in_flight = InFlight()
         self.stopping = threading.Event()
+        self._served = 0  # requests other than /health, for the release's error_share
+        self._served_lock = threading.Lock()
+
+    def next_fails(self) -> bool:
+        """Whether the next request other than /health gets the release's built-in 500: the
+        n-th fails when n * error_share passes a whole number, so the share is exact and even."""
+        share = self.release.error_share
+        with self._served_lock:
+            self._served += 1
+            n = self._served
+        return math.floor(n * share) > math.floor((n - 1) * share)
 
     def stop_listening(self) -> None:
         """Close the listening socket, first serving connections already in its backlog
@@ -306,8 +330,12 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/health":
             self._health()
+        elif self._built_in_fault():
+            return
         elif url.path == "/slow":
             self._slow(url.query)
+        elif url.path.startswith("/status/"):
+            self._answer_status(url.path.removeprefix("/status/"))
         else:
             # No "method" field: HEAD must announce the Content-Length that GET would send.
             self._send_json(200, {**self.app.identity(), "path": url.path, "query": url.query})
@@ -324,9 +352,22 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._bad_request(str(exc))
             return
+        if self._built_in_fault():
+            return
         self._send_json(200, {**self.app.identity(), "method": "POST",
                               "path": urlsplit(self.path).path,
                               "body_length": length, "body_sha256": digest.hexdigest()})
+
+    def _built_in_fault(self) -> bool:
+        """The release's latency, then its error share: True when this request got the 500."""
+        release = self.app.release
+        if release.latency:
+            time.sleep(release.latency)
+        if release.error_share and self.app.next_fails():
+            self._send_json(500, {**self.app.identity(), "error": f"release built with error_share="
+                                                                 f"{release.error_share:g}"})
+            return True
+        return False
 
     def _method_not_allowed(self) -> None:
         # The body (if any) is not read, so the connection cannot be reused.
@@ -363,6 +404,13 @@ class Handler(BaseHTTPRequestHandler):
         seconds = min(max(seconds, 0.0), SLOW_CAP_S)
         time.sleep(seconds)
         self._send_json(200, {**self.app.identity(), "path": "/slow", "slept_s": seconds})
+
+
+    def _answer_status(self, code: str) -> None:
+        if not (code.isdigit() and 400 <= int(code) <= 599):
+            self._bad_request(f"/status/NNN takes a status from 400 to 599, got {code!r}")
+            return
+        self._send_json(int(code), {**self.app.identity(), "path": f"/status/{code}"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

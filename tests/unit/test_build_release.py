@@ -50,6 +50,17 @@ def test_flags_are_baked_into_release_json(tmp_path: Path) -> None:
         "version": "9.9.9-unhealthy", "unhealthy": True, "startup_delay": 2.5}
 
 
+def test_faults_are_baked_only_when_set(tmp_path: Path) -> None:
+    archive = builder.build_release("4.0.0-flaky", tmp_path, error_share=0.2, latency=1)
+
+    assert _release_json(archive) == {
+        "version": "4.0.0-flaky", "unhealthy": False, "startup_delay": 0, "error_share": 0.2, "latency": 1}
+    with pytest.raises(ValueError, match="error share must be from 0 to 1"):
+        builder.build_release("4.0.0-flaky", tmp_path, error_share=2)
+    result = _cli("--version", "5.0.0", "--latency", "-1", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--latency must be >= 0 seconds" in result.stderr
+
+
 def test_rebuilding_a_version_gives_identical_bytes(tmp_path: Path) -> None:
     first = builder.build_release("1.0.0", tmp_path / "a").read_bytes()
     second_path = builder.build_release("1.0.0", tmp_path / "b")
@@ -106,8 +117,11 @@ def test_cli_all_lab_builds_the_lab_releases(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     names = sorted(Path(line).name for line in result.stdout.split())
     assert names == sorted(f"demo-service-{v}.tar.gz" for v in
-                           ["1.0.0", "1.1.0", "1.2.0", "2.0.0", "9.9.9-unhealthy", "3.0.0-slow"])
+                           ["1.0.0", "1.1.0", "1.2.0", "2.0.0", "9.9.9-unhealthy", "3.0.0-slow", "4.0.0-flaky",
+                            "4.1.0-laggy"])
     assert _release_json(tmp_path / "demo-service-9.9.9-unhealthy.tar.gz")["unhealthy"] is True
     assert _release_json(tmp_path / "demo-service-3.0.0-slow.tar.gz")["startup_delay"] == 5
+    assert _release_json(tmp_path / "demo-service-4.0.0-flaky.tar.gz")["error_share"] == 0.2
+    assert _release_json(tmp_path / "demo-service-4.1.0-laggy.tar.gz")["latency"] == 0.25
     assert _release_json(tmp_path / "demo-service-2.0.0.tar.gz") == {
         "version": "2.0.0", "unhealthy": False, "startup_delay": 0}

@@ -99,8 +99,8 @@ def spawn(tmp_path: Path, app: Path = APP_PATH, wait: bool = True, **env: str) -
 
 
 def extract_release(tmp_path: Path, version: str, unhealthy: bool = False,
-                    startup_delay: float = 0.0) -> Path:
-    archive = builder.build_release(version, tmp_path / "releases", unhealthy, startup_delay)
+                    startup_delay: float = 0.0, error_share: float = 0.0, latency: float = 0.0) -> Path:
+    archive = builder.build_release(version, tmp_path / "releases", unhealthy, startup_delay, error_share, latency)
     dest = tmp_path / "srv" / version
     dest.mkdir(parents=True)
     with tarfile.open(archive) as tar:
@@ -183,6 +183,15 @@ def test_slow_rejects_a_non_number(demo: Service) -> None:
     assert "seconds" in body["error"]
 
 
+def test_status_answers_the_error_status_asked_for(demo: Service) -> None:
+    status, body = demo.get_json("/status/503")
+    assert (status, body["path"]) == (503, "/status/503")
+    assert demo.get_json("/status/429")[0] == 429
+    for bad in ("200", "600", "abc"):
+        status, body = demo.get_json(f"/status/{bad}")
+        assert status == 400 and "400 to 599" in body["error"]
+
+
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "BREW"])
 def test_other_methods_are_not_allowed(demo: Service, method: str) -> None:
     status, response, _ = demo.request(method, "/")
@@ -241,6 +250,48 @@ def test_unhealthy_release_fails_health_but_serves(tmp_path: Path,
 
     status, body = service.get_json("/")
     assert status == 200
+
+
+def test_a_flaky_release_fails_its_exact_share_of_requests_while_health_stays_green(
+        tmp_path: Path, services: list[Service]) -> None:
+    service = spawn(tmp_path, extract_release(tmp_path, "4.0.0-flaky", error_share=0.2))
+    services.append(service)
+
+    statuses = [service.request("GET", f"/item/{n}")[0] for n in range(10)]
+    statuses.append(service.request("POST", "/orders", body=b"{}")[0])
+    assert [service.get_json("/health")[0] for _ in range(5)] == [200] * 5
+    statuses += [service.request("GET", "/")[0] for _ in range(4)]
+    # Every fifth request other than /health, GET or POST: 3 of 15.
+    assert statuses == [200, 200, 200, 200, 500] * 3
+    assert [service.request("GET", "/")[0] for _ in range(4)] == [200] * 4
+    status, body = service.get_json("/x")  # the 20th
+    assert (status, body["error"], body["version"]) == (500, "release built with error_share=0.2", "4.0.0-flaky")
+
+
+def test_a_laggy_release_adds_its_latency_to_requests_but_not_to_health(
+        tmp_path: Path, services: list[Service]) -> None:
+    service = spawn(tmp_path, extract_release(tmp_path, "4.1.0-laggy", latency=0.3))
+    services.append(service)
+
+    started = time.monotonic()
+    assert service.request("GET", "/")[0] == 200
+    lagged = time.monotonic() - started
+    started = time.monotonic()
+    assert service.get_json("/health")[0] == 200
+    assert lagged >= 0.3 > time.monotonic() - started
+
+
+@pytest.mark.parametrize(("field", "value"), [("error_share", 1.5), ("error_share", True), ("latency", -1),
+                                              ("latency", "slow")])
+def test_a_bad_fault_in_release_json_is_refused_naming_it(tmp_path: Path, field: str, value: object) -> None:
+    app = tmp_path / "app.py"
+    app.write_bytes(APP_PATH.read_bytes())
+    (tmp_path / "release.json").write_text(json.dumps({"version": "1.0.0", field: value}))
+    result = subprocess.run([sys.executable, str(app), "--port", str(free_port())], capture_output=True, text=True,
+                            timeout=10, check=False)
+
+    assert result.returncode == 2
+    assert f"'{field}'" in result.stderr
 
 
 def _time_to_listen(service: Service) -> float:
