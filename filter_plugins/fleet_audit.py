@@ -2,8 +2,9 @@
 
 Each host appends one JSON object a line to its deploy audit log (the slot engine's
 engine.write_audit: deploys, rollbacks, restarts, site.yml's installs, reconfigures and
-reconciles, retirements). `fleet_slot action=audit` hands back a host's newest raw lines; these
-filters parse them, label each with its host, merge all hosts' lines newest first and print them.
+reconciles, retirements, maintenance.yml's maintenance-on and maintenance-off). `fleet_slot
+action=audit` hands back a host's newest raw lines; these filters parse them, label each with its
+host, merge all hosts' lines newest first and print them.
 
 `since` is either a time, ISO 8601 (2026-11-30, 2026-11-30T09:00, 2026-11-30 09:00:00+02:00;
 without an offset it is UTC), or an age: a whole number and a unit, s m h d or w (90m, 2h, 3d,
@@ -165,7 +166,8 @@ name: fleet_audit_lines
 short_description: Merged audit records as aligned text lines
 description:
   - One line per record of P(fleet_audit_merge#filter) - time, host, service, mode, from and to
-    release (and slot), result, who, seconds - and, for a failed run, its message.
+    release (and slot), result, who, seconds - and, for a failed run, its message; then the
+    reasons given for maintenance switches (mode C(maintenance-on) or C(maintenance-off)).
 options:
   _input:
     description: The result of P(fleet_audit_merge#filter).
@@ -312,6 +314,13 @@ def _release(record: Mapping[str, Any], side: str) -> str:
     return f"{release} :{slot}" if slot else str(release)
 
 
+def _maintenance_reasons(records: list[Mapping[str, Any]]) -> list[str]:
+    """The reasons given for maintenance switches (maintenance.yml -e reason=...), one line each."""
+    reasons = [f"  {r['when']} {r['host']} {r['service']} {r.get('mode')}: {r['reason']}" for r in records
+               if str(r.get("mode") or "").startswith("maintenance") and r.get("reason")]
+    return ["maintenance reasons:", *reasons] if reasons else []
+
+
 def fleet_audit_lines(merged: Any) -> list[str]:
     if not isinstance(merged, Mapping) or "records" not in merged:
         raise AnsibleFilterError("fleet_audit_lines: expects the result of fleet_audit_merge")
@@ -336,6 +345,7 @@ def fleet_audit_lines(merged: Any) -> list[str]:
         lines.append(f"(the {len(merged['records'])} newest; more lines match: -e limit=N shows more)")
     if notes:
         lines += ["failed runs:", *notes]
+    lines += _maintenance_reasons(merged["records"])
     for bad in merged.get("unreadable") or []:
         lines.append(f"{bad['host']}: not an audit line: {bad['line'][:200]}")
     for gone in merged.get("missing") or []:

@@ -1,7 +1,7 @@
 """Filters that turn the fleet service catalog into AWX / Automation Platform survey specs.
 
-The hot-deploy and rollback job templates ask for a service, the status and audit ones may (left
-unanswered, they cover every service); the choices come from the catalog
+The hot-deploy, rollback and maintenance job templates ask for a service, the status and audit
+ones may (left unanswered, they cover every service); the choices come from the catalog
 (`fleet_services`), so a service is never typed twice. awx/configure.yml applies the specs with
 `awx.awx.job_template`; re-apply it after the catalog changes, or the survey offers stale choices.
 
@@ -53,12 +53,21 @@ SURVEY_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "The hosts' deploy audit lines merged, newest first (read-only).",
         ("service", "limit", "since"),
     ),
+    "maintenance": (
+        "fleet maintenance",
+        "Turn the maintenance mode of one catalog service on (nginx answers it with 503, Retry-After and its "
+        "maintenance page, without a reload) or off, on every host that runs it (or the job's limit).",
+        ("service", "state", "retry_after", "reason"),
+    ),
 }
 # Kinds that read rather than change: their service question may be left unanswered (all services).
 READ_ONLY_KINDS = ("status", "audit")
 # audit.yml's limit: its default and the most it takes (filter_plugins/fleet_audit.py checks the same).
 AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 20, 10000
 SINCE_MAX_LENGTH = 64
+# maintenance.yml's inputs (filter_plugins/fleet_inputs.py checks the same).
+RETRY_AFTER_DEFAULT, RETRY_AFTER_MAX = 600, 604800
+REASON_MAX_LENGTH = 200
 
 FLEET_AWX_SERVICE_CHOICES_DOCUMENTATION = r"""
 name: fleet_awx_service_choices
@@ -94,11 +103,14 @@ description:
   - Builds the survey spec of the C(hot_deploy) job template (questions C(service), C(version),
     C(batch_size), C(break_lock)), of the C(rollback) one (C(service), C(batch_size),
     C(break_lock)), of the C(status) one (C(service), C(format)) or of the C(audit) one
-    (C(service), C(limit), C(since)).
+    (C(service), C(limit), C(since)) or of the C(maintenance) one (C(service), C(state),
+    C(retry_after), C(reason)).
   - C(service) is a C(multiplechoice) question whose choices are the catalog's services, required
     for hot_deploy and rollback, optional for status and audit (unanswered means every service);
     C(format) is C(table) or C(json); C(limit) an integer from 1 to 10000 (default 20); C(since)
     optional text (an ISO 8601 time or an age such as C(2h), which audit.yml checks);
+    C(state) is C(on) or C(off); C(retry_after) an integer from 1 to 604800 (default 600);
+    C(reason) optional text of at most 200 characters;
     C(version) is optional text (empty deploys the catalog's C(release.version));
     C(batch_size) is a required integer of at least 1; C(break_lock) is C(no) or C(yes), which
     the playbooks read with the C(bool) filter.
@@ -111,7 +123,7 @@ options:
   kind:
     description: Which job template the survey is for.
     type: str
-    choices: [hot_deploy, rollback, status, audit]
+    choices: [hot_deploy, rollback, status, audit, maintenance]
     required: true
   batch_size:
     description: Default answer of the C(batch_size) question.
@@ -175,6 +187,41 @@ def fleet_awx_service_choices(services: Any) -> list[str]:
     return sorted(names)
 
 
+# maintenance.yml's own questions (the service question is the shared one).
+MAINTENANCE_QUESTIONS: dict[str, dict[str, Any]] = {
+    "state": {
+        "question_name": "Maintenance",
+        "question_description": "on: nginx answers the service with 503, a Retry-After header and its "
+                                "maintenance page; off: it serves again. No nginx reload either way.",
+        "variable": "state",
+        "type": "multiplechoice",
+        "choices": ["on", "off"],
+        "required": True,
+        "default": "on",
+    },
+    "retry_after": {
+        "question_name": "Retry-After (seconds)",
+        "question_description": "When clients are told to try again, in seconds (the Retry-After header).",
+        "variable": "retry_after",
+        "type": "integer",
+        "required": True,
+        "default": RETRY_AFTER_DEFAULT,
+        "min": 1,
+        "max": RETRY_AFTER_MAX,
+    },
+    "reason": {
+        "question_name": "Reason",
+        "question_description": "Why, for the audit log and the status table (optional, one line).",
+        "variable": "reason",
+        "type": "text",
+        "required": False,
+        "default": "",
+        "min": 0,
+        "max": REASON_MAX_LENGTH,
+    },
+}
+
+
 def _question(variable: str, choices: list[str], batch_size: int, kind: str) -> dict[str, Any]:
     if variable == "service":
         every = kind in READ_ONLY_KINDS
@@ -222,6 +269,8 @@ def _question(variable: str, choices: list[str], batch_size: int, kind: str) -> 
             "min": 0,
             "max": SINCE_MAX_LENGTH,
         }
+    if variable in MAINTENANCE_QUESTIONS:
+        return dict(MAINTENANCE_QUESTIONS[variable])
     if variable == "version":
         return {
             "question_name": "Version",

@@ -34,8 +34,12 @@ HEALTH_DEFAULTS: dict[str, Any] = {
 # Set by the unit template for each slot; EnvironmentFile= would win over them.
 RESERVED_ENVIRONMENT = ("FLEET_SERVICE", "FLEET_SLOT_PORT")
 RELEASE_KEYS = ("version", "archive", "sha256", "keep")
-NGINX_KEYS = ("server_names", "location", "rate_limit")
+NGINX_KEYS = ("server_names", "location", "rate_limit", "maintenance_page")
 RATE_LIMIT_KEYS = ("rate", "burst")
+# The longest maintenance page (nginx.maintenance_page), in characters: a page, not a site.
+MAINTENANCE_PAGE_MAX = 65536
+# What a maintenance page may not hold: C0 controls but tab, newline and carriage return, and DEL.
+_PAGE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Far above any real per-client rate, and far below what overflows nginx's integer parsing.
 RATE_LIMIT_MAX = 1_000_000
 
@@ -95,6 +99,10 @@ description:
     tab.
   - C(release.archive) is an C(https://) URL, which needs C(release.sha256), or an absolute path
     on the controller.
+  - C(nginx.maintenance_page) is optional, the HTML nginx answers with (503) while the service is
+    in maintenance (maintenance.yml), at most 65536 characters, no control characters but tab,
+    newline and carriage return; absent, the result holds an empty string and the nginx role writes
+    a default page.
   - C(nginx.rate_limit) is optional; absent (or null), the service has no limit and the result
     holds V(null). Given, it is C(rate) (requests per second per client address, a whole number
     from 1 to 1000000) and C(burst) (requests a client may send at once above the rate, a whole
@@ -625,7 +633,30 @@ def _nginx(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
                                           "nginx's default server, so it needs a location other than '/', "
                                           f"e.g. /{name}/; or give it server_names")
     return {"server_names": server_names, "location": location,
-            "rate_limit": _rate_limit(name, raw.get("rate_limit"), problems)}
+            "rate_limit": _rate_limit(name, raw.get("rate_limit"), problems),
+            "maintenance_page": _maintenance_page(name, raw.get("maintenance_page"), problems)}
+
+
+def _maintenance_page(name: str, value: Any, problems: _Problems) -> str:
+    """The HTML nginx answers with while the service is in maintenance; '' for the nginx role's default."""
+    where = f"{name}.nginx.maintenance_page"
+    example = "maintenance_page: \"{{ lookup('file', 'maintenance/" + name + ".html') }}\""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        got = _kind(value) if not isinstance(value, str) else "blank text"
+        problems.add(where, f"must be the page's HTML as text, got {got}; e.g. {example}, or leave it out "
+                            "for the default page")
+        return ""
+    if len(value) > MAINTENANCE_PAGE_MAX:
+        problems.add(where, f"is {len(value)} characters long, more than {MAINTENANCE_PAGE_MAX}: keep the page small "
+                            "(link to images and styles hosted elsewhere)")
+        return ""
+    if control := _PAGE_CONTROL_RE.search(value):
+        problems.add(where, f"holds the control character '{_escaped(control.group())}'; only tab, newline and "
+                            "carriage return may appear in it")
+        return ""
+    return value
 
 
 def _rate_limit(name: str, value: Any, problems: _Problems) -> dict[str, Any] | None:

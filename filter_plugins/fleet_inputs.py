@@ -82,6 +82,112 @@ _value:
 """
 
 
+FLEET_MAINTENANCE_INPUT_PROBLEMS_DOCUMENTATION = r"""
+name: fleet_maintenance_input_problems
+short_description: What is wrong with maintenance.yml's extra vars
+description:
+  - C(service) must be one of the catalog's services; C(state) C(on) or C(off) (a YAML boolean too);
+    C(retry_after) a whole number of seconds from 1 to 604800 (a week), the Retry-After nginx
+    sends; C(reason) optional text of at most 200 characters on one line (the audit line and
+    the status table show it).
+  - Returns one line per problem, naming the extra var and the fix; an empty list when all is well.
+positional: catalog
+options:
+  _input:
+    description: Extra var name to the value given.
+    type: dict
+    required: true
+  catalog:
+    description: The validated catalog (fleet_catalog).
+    type: dict
+    required: true
+"""
+
+FLEET_MAINTENANCE_INPUT_PROBLEMS_EXAMPLES = r"""
+- name: Check the maintenance inputs before any host is touched
+  ansible.builtin.assert:
+    that: __problems | length == 0
+    fail_msg: "{{ __problems | join(' ') }}"
+  vars:
+    __problems: "{{ {'service': service, 'state': state} | fleet_maintenance_input_problems(fleet_catalog) }}"
+"""
+
+FLEET_MAINTENANCE_INPUT_PROBLEMS_RETURN = r"""
+_value:
+  description: One message per bad input.
+  type: list
+  elements: str
+"""
+
+FLEET_MAINTENANCE_ON_DOCUMENTATION = r"""
+name: fleet_maintenance_on
+short_description: maintenance.yml's checked state as a boolean
+description:
+  - C(on) (or a YAML true) is V(true), C(off) (or a YAML false) V(false); anything else raises,
+    naming the extra var.
+options:
+  _input:
+    description: The state extra var.
+    type: raw
+    required: true
+"""
+
+FLEET_MAINTENANCE_ON_EXAMPLES = r"""
+- name: Say what the run does
+  ansible.builtin.debug:
+    msg: "{{ 'on' if state | fleet_maintenance_on else 'off' }}"
+"""
+
+FLEET_MAINTENANCE_ON_RETURN = r"""
+_value:
+  description: Whether maintenance is to be turned on.
+  type: bool
+"""
+
+# maintenance.yml's Retry-After, in seconds: at least 1, at most a week.
+RETRY_AFTER_MAX = 604800
+REASON_MAX_LENGTH = 200
+_MAINTENANCE_STATES = {"on": True, "off": False, "true": True, "false": False}
+
+
+def _maintenance_state(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    return _MAINTENANCE_STATES.get(str(value).strip().lower()) if isinstance(value, str) else None
+
+
+def fleet_maintenance_input_problems(inputs: Any, catalog: Any) -> list[str]:
+    if not isinstance(inputs, Mapping) or not isinstance(catalog, Mapping):
+        raise AnsibleFilterError("fleet_maintenance_input_problems: use as {'service': ..., 'state': ..., "
+                                 "'retry_after': ..., 'reason': ...} | fleet_maintenance_input_problems(fleet_catalog)")
+    problems = []
+    service = inputs.get("service")
+    if service in (None, "") or service not in catalog:
+        problems.append(f"service must be one of the catalog's services: {', '.join(sorted(catalog))}; "
+                        f"got '{service or ''}'.")
+    state = inputs.get("state")
+    if _maintenance_state(state) is None:
+        problems.append(f"state must be on (503 and the maintenance page) or off (serve again); got '{state or ''}'.")
+    retry = inputs.get("retry_after")
+    text = "" if retry is None or isinstance(retry, bool) else str(retry).strip()
+    if not text.isdigit() or not 1 <= int(text) <= RETRY_AFTER_MAX:
+        problems.append(f"retry_after must be a whole number of seconds from 1 to {RETRY_AFTER_MAX} (the Retry-After "
+                        f"nginx sends), e.g. retry_after=600; got '{retry}'.")
+    reason = inputs.get("reason")
+    if reason not in (None, "") and (not isinstance(reason, str) or len(reason) > REASON_MAX_LENGTH
+                                     or not reason.isprintable()):
+        problems.append(f"reason must be text on one line of at most {REASON_MAX_LENGTH} characters, e.g. "
+                        "reason='database migration'; got something else.")
+    return problems
+
+
+def fleet_maintenance_on(value: Any) -> bool:
+    state = _maintenance_state(value)
+    if state is None:
+        raise AnsibleFilterError(f"state must be on or off; got '{value}'")
+    return state
+
+
 def _batch_steps(value: Any) -> list[int | str] | str:
     """The ramp's steps, or a message saying what is wrong."""
     text = str(value).replace(" ", "")
@@ -131,4 +237,6 @@ class FilterModule:
         return {
             "fleet_deploy_input_problems": fleet_deploy_input_problems,
             "fleet_batch_ramp": fleet_batch_ramp,
+            "fleet_maintenance_input_problems": fleet_maintenance_input_problems,
+            "fleet_maintenance_on": fleet_maintenance_on,
         }

@@ -15,6 +15,7 @@ here and the unit tests parse them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,11 @@ from ansible.errors import AnsibleFilterError
 
 FORMATS = ("table", "json")
 COLUMNS = ("SERVICE", "HOST", "LIVE", "IDLE", "HEALTH", "LAST DEPLOY", "LOCK", "PENDING", "CANARY")
+# nginx's request figures of the service on the host (fleet_slots.metrics): the last 5 minutes'
+# request rate, 5xx share and p99 latency, and the last 24 hours' availability.
+REQUEST_COLUMNS = ("REQ/S", "5XX", "P99", "AVAIL 24H")
+REQUEST_FIELDS = ("window_s", "requests", "errors", "rate", "error_share", "p99_ms", "p99_above_max", "day_s",
+                  "day_requests", "day_errors", "availability_24h")
 
 FLEET_STATUS_INPUT_PROBLEMS_DOCUMENTATION = r"""
 name: fleet_status_input_problems
@@ -104,7 +110,8 @@ _value:
       description: The service asked about, or null for all.
       type: str
     hosts:
-      description: Per host, C(reachable), C(error) and nginx's C(routes_error).
+      description: Per host, C(reachable), C(error), nginx's C(routes_error) and C(metrics_error) (why
+        the request figures could not be read).
       type: dict
     rows:
       description: >-
@@ -113,7 +120,12 @@ _value:
         C(live) (port, release, unit, routed, nginx_agrees), C(idle) (port, release, unit, running),
         C(health) (port, status, ms, ok, error), C(last_deploy) (when, who, mode, result, from_release,
         to_release, deploy_id), C(lock) (owner, deploy_id, since, expires, stale, dead), C(pending)
-        (the interrupted move's journal) and C(canary_weight); null where there is nothing.
+        (the interrupted move's journal), C(canary_weight) and C(maintenance) (on, since, by, reason,
+        retry_after as the state records them, and nginx_agrees), C(requests) (nginx's request figures:
+        over the last C(window_s) seconds C(requests), C(errors) (5xx), C(rate) per second, C(error_share)
+        and C(p99_ms) (with C(p99_above_max) when above the highest latency bucket); over the last
+        C(day_s) seconds C(day_requests), C(day_errors) and C(availability_24h); shares null without
+        traffic); null where there is nothing.
       type: list
       elements: dict
 """
@@ -191,6 +203,52 @@ def _pending(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: move.get(k) for k in keys}
 
 
+def _maintenance(state: Mapping[str, Any] | None, answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The maintenance the state records (None: off), and whether nginx applies the same
+    (None when nginx's maintenance table could not be read)."""
+    record = (state or {}).get("maintenance")
+    routed = answer.get("maintenance_routed")
+    known = bool(answer.get("maintenance_known"))
+    if not isinstance(record, Mapping):
+        if known and routed is not None:
+            return {"on": False, "since": None, "by": None, "reason": "", "retry_after": None,
+                    "nginx_agrees": False, "routed": routed}
+        return None
+    retry = record.get("retry_after")
+    return {"on": True, "since": record.get("since"), "by": record.get("by"), "reason": record.get("reason") or "",
+            "retry_after": retry, "nginx_agrees": (routed == retry) if known else None, "routed": routed}
+
+
+def _maintenance_mark(row: Mapping[str, Any]) -> str:
+    """What the LIVE cell adds for a service in maintenance: MAINT since when and by whom."""
+    held = row.get("maintenance")
+    if not held or not held["on"]:
+        return ""
+    return f" MAINT {_short_time(held['since'])} {held['by'] or '?'}"
+
+
+def _maintenance_notes(where: str, row: Mapping[str, Any]) -> list[str]:
+    held = row.get("maintenance")
+    if not held:
+        return []
+    if not held["on"]:
+        return [f"{where}: nginx answers it with the maintenance page, but its state records no maintenance: "
+                "run maintenance.yml with state=off (or on) to set both"]
+    notes = [f"{where}: in maintenance since {held['since']} by {held['by'] or '?'} (Retry-After "
+             f"{held['retry_after']}s)" + (f": {held['reason']}" if held["reason"] else "")]
+    if held["nginx_agrees"] is False:
+        notes.append(f"{where}: the state records maintenance but nginx serves the service: run maintenance.yml "
+                     "with state=on again")
+    return notes
+
+
+def _requests(figures: Any) -> dict[str, Any] | None:
+    """The request figures the host derived from nginx's counters (fleet_slots.metrics.summary)."""
+    if not isinstance(figures, Mapping):
+        return None
+    return {field: figures.get(field) for field in REQUEST_FIELDS}
+
+
 def _row(host: str, name: str, answer: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[str, Any]:
     state = answer.get("state") if isinstance(answer.get("state"), Mapping) else None
     units = answer.get("units") or {}
@@ -214,6 +272,8 @@ def _row(host: str, name: str, answer: Mapping[str, Any], catalog: Mapping[str, 
         "lock": _lock(answer.get("lock")),
         "pending": _pending(state),
         "canary_weight": (state or {}).get("weight"),
+        "maintenance": _maintenance(state, answer),
+        "requests": _requests(answer.get("requests")),
     }
 
 
@@ -221,7 +281,7 @@ def _unanswered(host: str, name: str, reachable: bool, error: str, catalog: Mapp
     return {"service": name, "host": host, "reachable": reachable, "answered": False, "error": error,
             "in_catalog": name in catalog,
             "live": None, "idle": None, "health": None, "last_deploy": None, "lock": None, "pending": None,
-            "canary_weight": None}
+            "canary_weight": None, "maintenance": None, "requests": None}
 
 
 def _services_of(host: str, catalog: Mapping[str, Any], service: str) -> list[str]:
@@ -248,7 +308,8 @@ def fleet_status_report(results: Any, catalog: Any, service: Any = "", now: Any 
             hosts[name] = {"reachable": reachable, "error": error, "routes_error": ""}
             rows += [_unanswered(name, s, reachable, error, catalog) for s in _services_of(name, catalog, service)]
             continue
-        hosts[name] = {"reachable": True, "error": "", "routes_error": result.get("routes_error") or ""}
+        hosts[name] = {"reachable": True, "error": "", "routes_error": result.get("routes_error") or "",
+                       "metrics_error": result.get("metrics_error") or ""}
         rows += [_row(name, s, answer, catalog) for s, answer in sorted((result.get("services") or {}).items())
                  if not service or s == service]
     rows.sort(key=lambda r: (r["service"], r["host"]))
@@ -277,6 +338,7 @@ def _cells(row: Mapping[str, Any]) -> tuple[str, ...]:
             live_cell += f" (nginx: {live['routed']})"
         if live["unit"] not in (None, "active"):
             live_cell += f" ({live['unit']})"
+        live_cell += _maintenance_mark(row)
     idle_cell = "-"
     if idle is not None:
         word = {"active": "running", "inactive": "stopped"}.get(idle["unit"] or "", idle["unit"] or "?")
@@ -307,6 +369,36 @@ def _cells(row: Mapping[str, Any]) -> tuple[str, ...]:
             "-" if weight is None else f"{weight}")
 
 
+def _request_cells(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """REQ/S, 5XX, P99, AVAIL 24H. A share is rounded away from the target: a 5xx share up (never
+    "0.00%" with errors), an availability down (never "100.00%" with errors)."""
+    figures = row.get("requests")
+    if not row["answered"] or not figures:
+        return ("?", "?", "?", "?")
+    rate = float(figures.get("rate") or 0)
+    rate_cell = "0" if rate == 0 else "<0.01" if rate < 0.01 else f"{rate:.2f}" if rate < 10 else (
+        f"{rate:.1f}" if rate < 100 else f"{rate:.0f}")
+    share = figures.get("error_share")
+    share_cell = "-" if share is None else "0%" if not figures.get("errors") else (
+        f"{math.ceil(float(share) * 10000) / 100:.2f}%")
+    p99 = figures.get("p99_ms")
+    p99_cell = "-"
+    if p99 is not None:
+        p99 = float(p99)
+        p99_cell = (">" if figures.get("p99_above_max") else "") + (
+            f"{p99 / 1000:.1f}s" if p99 >= 1000 else f"{p99:.0f}ms" if p99 >= 10 else f"{p99:.1f}ms")
+    available = figures.get("availability_24h")
+    avail_cell = "no traffic" if available is None else "100%" if not figures.get("day_errors") else (
+        f"{math.floor(float(available) * 10000) / 100:.2f}%")
+    return (rate_cell, share_cell, p99_cell, avail_cell)
+
+
+def _request_notes(report: Mapping[str, Any]) -> list[str]:
+    return [f"{host}: request figures unreadable: {info['metrics_error']}"
+            for host, info in sorted(report.get("hosts", {}).items())
+            if info.get("metrics_error") and not info.get("routes_error")]
+
+
 def _notes(report: Mapping[str, Any]) -> list[str]:
     notes = []
     for host, info in sorted(report.get("hosts", {}).items()):
@@ -323,6 +415,7 @@ def _notes(report: Mapping[str, Any]) -> list[str]:
             notes.append(f"{where}: {row['error']}")
         if not row["in_catalog"]:
             notes.append(f"{where}: has a deploy state here but the catalog does not give it this host")
+        notes += _maintenance_notes(where, row)
         if row["live"] and row["live"]["nginx_agrees"] is False:
             notes.append(f"{where}: nginx routes to {row['live']['routed']}, the state says {row['live']['port']}")
         held, move = row["lock"], row["pending"]
@@ -346,10 +439,10 @@ def fleet_status_table(report: Any) -> list[str]:
         raise AnsibleFilterError("fleet_status_table: expects the result of fleet_status_report")
     if not report["rows"]:
         return [f"no service runs on the hosts asked about (as of {report.get('generated', '?')})"]
-    rows = [COLUMNS, *(_cells(row) for row in report["rows"])]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    rows = [(*COLUMNS, *REQUEST_COLUMNS), *((*_cells(row), *_request_cells(row)) for row in report["rows"])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    notes = _notes(report)
+    notes = _notes(report) + _request_notes(report)
     return [*lines, *(["", *notes] if notes else []), f"(as of {report.get('generated', '?')})"]
 
 

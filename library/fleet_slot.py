@@ -31,11 +31,20 @@ description:
     other service with a state on the host), its state, nginx's route, both slots' units, the live
     slot's health now (O(probe_timeout)), the deploy lock and the newest line of O(audit_log); it
     changes nothing (status.yml).
+  - O(action=maintenance) turns the maintenance mode of O(service) on (O(maintenance=true): nginx
+    answers it with 503, C(Retry-After) of O(retry_after) seconds and its maintenance page) or off,
+    without an nginx reload: recorded in the deploy state under the deploy lock (waiting up to
+    O(lock_wait) seconds), set in nginx's slot table, and audited with O(reason). Check mode says
+    what would change.
   - O(action=audit) returns the newest O(limit) raw lines of O(audit_log) and its rotated copies
     about O(services) (every line when O(services) is empty), newest first, skipping copies last
     written before O(since_epoch); it changes nothing (audit.yml parses and merges them).
 options:
-  action: {type: str, required: true, choices: [plan, run, converge, retire, status, audit], description: What to do.}
+  action: {type: str, required: true, choices: [plan, run, converge, retire, status, audit, maintenance],
+           description: What to do.}
+  maintenance: {type: bool, description: "maintenance: true to turn it on, false to turn it off."}
+  retry_after: {type: int, default: 600, description: "maintenance: the Retry-After nginx sends, in seconds."}
+  reason: {type: str, default: "", description: "maintenance: why, for the audit line and the status table."}
   services: {type: list, elements: dict, default: [], description: "status, audit: entries of the validated
       catalog (fleet_catalog); audit reads only their names."}
   include_unlisted: {type: bool, default: false, description: "status: also report services with a state here
@@ -102,10 +111,15 @@ staged: {type: bool, description: "plan: whether O(release) is unpacked on the h
 retired: {type: list, description: "retire: one line per service retired."}
 services: {type: dict, description: "status: per service: in_catalog, state, state_error, live_port,
     idle_port, routed, lock, units (port: systemctl is-active), health (port, status, ms, ok, error),
-    last_audit (raw line)."}
+    last_audit (raw line), requests (nginx's request figures, fleet_slots.metrics.summary; null when not
+    counted)."}
 routes: {type: dict, description: "status: nginx's slot table, service: port."}
 routes_error: {type: str, description: "status: why nginx's slot table could not be read."}
+metrics_error: {type: str, description: "status: why nginx's request figures could not be read."}
 lines: {type: list, description: "audit: raw audit lines, newest first."}
+maintenance: {type: dict, description: "maintenance: the state's record after the call (since, by, reason,
+    retry_after), null when off."}
+changes: {type: list, description: "maintenance: what changed (or would, in check mode)."}
 """
 
 from dataclasses import asdict
@@ -114,9 +128,9 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-# host is imported by engine only; named here because Mitogen ships just the module_utils a
-# module names itself, not those its module_utils import relatively.
-from ansible.module_utils.fleet_slots import audit, engine, host, lock, nginx, state, status  # noqa: F401
+# host (imported by engine) and metrics (by status) are named here because Mitogen ships just the
+# module_utils a module names itself, not those its module_utils import relatively.
+from ansible.module_utils.fleet_slots import audit, engine, host, lock, maintenance, metrics, nginx, state, status  # noqa: F401
 
 
 def spec_of(p: dict) -> engine.Spec:
@@ -152,11 +166,29 @@ def check_of(svc: dict) -> engine.Spec:
                        health_body=health.get("body") or "")
 
 
+def run_maintenance(module: AnsibleModule) -> None:
+    """action=maintenance: one switch of the service's maintenance mode on this host."""
+    p = module.params
+    if p["retry_after"] < 1:
+        module.fail_json(msg=f"retry_after must be at least 1 second, got {p['retry_after']}")
+    done = maintenance.switch(
+        p["service"]["name"], p["maintenance"], retry_after=p["retry_after"], reason=p["reason"], owner=p["owner"],
+        deploy_id=p["deploy_id"], hostname=p["hostname"], audit_log=p["audit_log"], state_dir=p["state_dir"],
+        lock_dir=p["lock_dir"], control_socket=p["control_socket"], lock_wait=p["lock_wait"],
+        check=module.check_mode)
+    if done.result == "failed":
+        module.fail_json(msg=done.message, **done.as_dict())
+    module.exit_json(changed=done.result == "changed", msg=done.message, **done.as_dict())
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "action": {"type": "str", "required": True,
-                       "choices": ["plan", "run", "converge", "retire", "status", "audit"]},
+                       "choices": ["plan", "run", "converge", "retire", "status", "audit", "maintenance"]},
+            "maintenance": {"type": "bool"},
+            "retry_after": {"type": "int", "default": 600},
+            "reason": {"type": "str", "default": ""},
             "services": {"type": "list", "elements": "dict", "default": []},
             "include_unlisted": {"type": "bool", "default": False},
             "probe_timeout": {"type": "float", "default": 2.0},
@@ -191,7 +223,8 @@ def main() -> None:
         },
         required_if=[("action", "plan", ["service"]),
                      ("action", "run", ["service", "deploy_id"]),
-                     ("action", "converge", ["service", "deploy_id", "release"])],
+                     ("action", "converge", ["service", "deploy_id", "release"]),
+                     ("action", "maintenance", ["service", "deploy_id", "maintenance"])],
         supports_check_mode=True,
     )
     p = module.params
@@ -216,6 +249,9 @@ def main() -> None:
         except lock.LockHeld as err:
             module.fail_json(msg=f"{err}; not retired: run again when that deploy has finished")
         module.exit_json(changed=bool(retired), retired=retired)
+
+    if p["action"] == "maintenance":
+        run_maintenance(module)
 
     name = p["service"]["name"]
     try:

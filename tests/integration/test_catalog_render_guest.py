@@ -84,6 +84,7 @@ def prop(unit, interface, name):
 for program in doc["programs"]:
     write(program, "#!/bin/sh\n", 0o755)
 write(host["nginx_lua_dir"] + "/fleet_slots.lua", doc["lua"])
+write(host["nginx_lua_dir"] + "/fleet_metrics.lua", doc["lua_metrics"])
 os.makedirs(os.path.dirname(host["control_socket"]), exist_ok=True)  # nginx -t binds it
 run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fleet.test", "-days", "2",
     "-keyout", "/root/key.pem", "-out", "/root/cert.pem")
@@ -181,6 +182,7 @@ def test_accepted_catalogs_render_configs_nginx_and_systemd_accept(guest: str, t
         "catalogs": [{**entry, "probe": entry["catalog"].keys() == PROBE.keys()} for entry in rendered["catalogs"]],
         "programs": [p for p in PROGRAMS if p.startswith("/") and p != "/usr/bin/python3"],
         "lua": (ROOT / "roles/nginx/files/fleet_slots.lua").read_text(),
+        "lua_metrics": (ROOT / "roles/nginx/files/fleet_metrics.lua").read_text(),
     }
     docker("exec", "-i", guest, "sh", "-c", "cat > /root/render.json", input=json.dumps(doc))
     results = json.loads(docker("exec", "-i", guest, "python3", "-", "/root/render.json",

@@ -224,7 +224,7 @@ def test_each_job_template_runs_its_playbook_with_the_credentials(applied: Any):
     assert {name: t["playbook"] for name, t in templates.items()} == {
         "fleet: set up hosts": "site.yml", "fleet: hot deploy": "hot_deploy.yml",
         "fleet: rollback": "rollback.yml", "fleet: back up now": "awx/backup.yml",
-        "fleet: status": "status.yml", "fleet: audit": "audit.yml",
+        "fleet: status": "status.yml", "fleet: audit": "audit.yml", "fleet: maintenance": "maintenance.yml",
     }
     creds = [state.find("credentials", n)["id"] for n in ("fleet: SSH", "fleet: vault")]
     for template in templates.values():
@@ -247,6 +247,9 @@ def test_the_surveys_are_generated_from_the_catalog(applied: Any):
     assert state.surveys[status["id"]] == fleet_awx_survey(CATALOG, "status")
     assert state.surveys[audit["id"]] == fleet_awx_survey(CATALOG, "audit")
     assert status["ask_limit_on_launch"] is True and status["ask_job_type_on_launch"] is False
+    maintenance = templates["fleet: maintenance"]
+    assert state.surveys[maintenance["id"]] == fleet_awx_survey(CATALOG, "maintenance")
+    assert maintenance["ask_limit_on_launch"] is True and maintenance["ask_job_type_on_launch"] is True
 
 
 def test_success_and_failure_webhooks_are_attached_to_every_template(applied: Any):

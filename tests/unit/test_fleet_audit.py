@@ -203,3 +203,16 @@ def test_each_filter_is_documented(name: str):
     assert doc["name"] == name and "_input" in doc["options"]
     assert isinstance(yaml.safe_load(getattr(fleet_audit, f"{prefix}_EXAMPLES")), list)
     assert "_value" in yaml.safe_load(getattr(fleet_audit, f"{prefix}_RETURN"))
+
+
+def test_maintenance_switches_show_their_reasons_after_the_table():
+    def line(mode: str, finished: str, reason: str) -> str:
+        return json.dumps({"time": finished, "finished": finished, "service": "main-api", "mode": mode,
+                           "result": "ok", "who": "alice@laptop", "from_release": "1.0.0", "to_release": "1.0.0",
+                           "from_slot": 8010, "to_slot": 8010, "seconds": 0.02, "reason": reason})
+
+    merged = fleet_audit_merge({"web-1": [line("maintenance-off", "2026-11-30T10:05:00Z", ""),
+                                          line("maintenance-on", "2026-11-30T10:00:00Z", "db migration")]})
+    lines = fleet_audit_lines(merged)
+    assert lines[1].split()[3] == "maintenance-off" and lines[2].split()[3] == "maintenance-on"
+    assert lines[3:] == ["maintenance reasons:", "  2026-11-30T10:00:00Z web-1 main-api maintenance-on: db migration"]

@@ -12,7 +12,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 from awx_survey_rules import awx_answer_errors, awx_spec_errors
 
-from filter_plugins import fleet_audit, fleet_awx, fleet_status
+from filter_plugins import fleet_audit, fleet_awx, fleet_inputs, fleet_status
 from filter_plugins.fleet_awx import FilterModule, fleet_awx_service_choices, fleet_awx_survey
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_the_awx_rules_reject_what_awx_rejects(change: Any, fragment: str):
 # --------------------------------------------------------------------------- generated surveys
 
 @pytest.mark.parametrize("catalog", sorted(CATALOGS))
-@pytest.mark.parametrize("kind", ["hot_deploy", "rollback", "status", "audit"])
+@pytest.mark.parametrize("kind", ["hot_deploy", "rollback", "status", "audit", "maintenance"])
 def test_generated_surveys_are_valid_awx_survey_specs(catalog: str, kind: str):
     survey = fleet_awx_survey(CATALOGS[catalog], kind)
     assert awx_spec_errors(survey) == []
@@ -118,6 +118,29 @@ def test_the_audit_survey_limits_agree_with_audit_yml():
     assert awx_answer_errors(survey, {"limit": fleet_audit.MAX_LIMIT + 1}) != []
 
 
+def test_the_maintenance_survey_asks_what_maintenance_yml_takes():
+    survey = fleet_awx_survey(CATALOGS["lab"], "maintenance")
+    assert [item["variable"] for item in survey["spec"]] == ["service", "state", "retry_after", "reason"]
+    service, state = question(survey, "service"), question(survey, "state")
+    assert service["choices"] == sorted(CATALOGS["lab"]) and service["required"] is True
+    assert state["choices"] == ["on", "off"]
+    assert all(fleet_inputs.fleet_maintenance_on(choice) is (choice == "on") for choice in state["choices"])
+    retry, reason = question(survey, "retry_after"), question(survey, "reason")
+    assert (retry["default"], retry["min"], retry["max"]) == (600, 1, fleet_inputs.RETRY_AFTER_MAX)
+    assert reason["max"] == fleet_inputs.REASON_MAX_LENGTH and reason["required"] is False
+
+
+def test_the_maintenance_surveys_answers_pass_maintenance_yml_checks():
+    survey = fleet_awx_survey(CATALOGS["lab"], "maintenance")
+    answers = {"service": "main-api", "state": "off", "retry_after": 1, "reason": "x" * fleet_inputs.REASON_MAX_LENGTH}
+    assert awx_answer_errors(survey, answers) == []
+    assert fleet_inputs.fleet_maintenance_input_problems(answers, CATALOGS["lab"]) == []
+    assert awx_answer_errors(survey, {"service": "main-api"}) == []  # state and retry_after have defaults
+    assert awx_answer_errors(survey, {"service": "main-api", "state": "maybe"}) != []
+    assert awx_answer_errors(survey, {"service": "main-api", "retry_after": 0}) != []
+    assert awx_answer_errors(survey, {}) != []  # the service is required
+
+
 def test_awx_accepts_the_answers_an_operator_gives():
     survey = fleet_awx_survey(CATALOGS["lab"], "hot_deploy")
     assert awx_answer_errors(survey, {"service": "main-api"}) == []  # defaults fill in the rest
@@ -163,7 +186,8 @@ def test_the_filter_reads_only_the_service_names():
     ({}, "hot_deploy", 1, "the catalog is empty"),
     (["main-api"], "hot_deploy", 1, "expects fleet_services"),
     ({"Main_API": {}}, "hot_deploy", 1, "service name 'Main_API' must match"),
-    ({"main-api": {}}, "deploy", 1, "unknown survey 'deploy'; fleet defines audit, hot_deploy, rollback, status"),
+    ({"main-api": {}}, "deploy", 1,
+     "unknown survey 'deploy'; fleet defines audit, hot_deploy, maintenance, rollback, status"),
     ({"main-api": {}}, "rollback", 0, "batch_size must be a whole number of at least 1"),
     ({"main-api": {}}, "rollback", True, "batch_size must be a whole number of at least 1"),
 ])

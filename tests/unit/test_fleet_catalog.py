@@ -112,7 +112,8 @@ def test_defaults_are_filled_in() -> None:
                              "interval": 0.1, "start_grace": 0}
     assert svc["release"]["keep"] == 5
     assert svc["environment_names"] == []
-    assert svc["nginx"] == {"server_names": ["api.test"], "location": "/", "rate_limit": None}
+    assert svc["nginx"] == {"server_names": ["api.test"], "location": "/", "rate_limit": None,
+                            "maintenance_page": ""}
     assert svc["drain_timeout"] == 30
     assert svc["user"] == "fleet"
     assert svc["hosts"] == ["h1", "h2"]
@@ -153,7 +154,8 @@ def test_location_routed_service_on_default_server() -> None:
     services = with_change("main-api", "nginx", {"location": "/main/"})
     assert fleet_validated_catalog(services, GROUPS)["main-api"]["nginx"] == {"server_names": [],
                                                                               "location": "/main/",
-                                                                              "rate_limit": None}
+                                                                              "rate_limit": None,
+                                                                              "maintenance_page": ""}
 
 
 def test_inventory_catalog_is_valid() -> None:
@@ -801,3 +803,24 @@ def test_release_checksum_may_be_the_checksum_file_of_every_version() -> None:
     assert fleet_release_checksum(svc, "1.2.0") == "sha256:https://r.test/a/main-api-1.2.0.tar.gz.sha256"
     problem(with_change("main-api", "release.sha256", "https://r.test/a b.sha256"),
             "fleet_services.main-api.release.sha256:", "no spaces or control characters")
+
+
+# --------------------------------------------------------------------------- nginx.maintenance_page
+
+def test_a_maintenance_page_is_kept_as_written() -> None:
+    page = "<!doctype html>\r\n<title>back soon</title>\n\t<p>main-api: planned work</p>\n"
+    catalog = fleet_validated_catalog(with_change("main-api", "nginx.maintenance_page", page), GROUPS)
+    assert catalog["main-api"]["nginx"]["maintenance_page"] == page
+    assert catalog["personas-api"]["nginx"]["maintenance_page"] == ""  # absent: the nginx role's default page
+
+
+@pytest.mark.parametrize(("given", "fragments"), [
+    (42, ("must be the page's HTML as text, got an integer (42)", "lookup('file', 'maintenance/main-api.html')")),
+    ("  \n", ("must be the page's HTML as text, got blank text",)),
+    (["<p>"], ("must be the page's HTML as text",)),
+    ("<p>\x00</p>", ("holds the control character '\\x00'", "only tab, newline and carriage return")),
+    ("x" * 65537, ("is 65537 characters long, more than 65536",)),
+])
+def test_a_bad_maintenance_page_is_refused_naming_the_service_and_field(given: Any, fragments: tuple[str, ...]) -> None:
+    problem(with_change("main-api", "nginx.maintenance_page", given),
+            "fleet_services.main-api.nginx.maintenance_page:", *fragments)

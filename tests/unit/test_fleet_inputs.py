@@ -60,3 +60,53 @@ def test_documentation_parses(name: str) -> None:
     assert "_input" in doc["options"]
     assert isinstance(yaml.safe_load(getattr(fleet_inputs, f"{prefix}_EXAMPLES")), list)
     assert "_value" in yaml.safe_load(getattr(fleet_inputs, f"{prefix}_RETURN"))
+
+
+# --------------------------------------------------------------------------- maintenance.yml
+
+CATALOG: dict[str, dict[str, Any]] = {"main-api": {}, "zapier-mcp": {}}
+GOOD_MAINTENANCE = {"service": "main-api", "state": "on", "retry_after": "600", "reason": ""}
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"state": "off"}, {"state": "ON"}, {"state": True}, {"state": False}, {"retry_after": 1},
+    {"retry_after": fleet_inputs.RETRY_AFTER_MAX}, {"reason": "db migration, ticket #42"}, {"reason": None},
+])
+def test_good_maintenance_inputs_pass(change: dict[str, Any]) -> None:
+    assert fleet_inputs.fleet_maintenance_input_problems({**GOOD_MAINTENANCE, **change}, CATALOG) == []
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"service": "nope"}, "service must be one of the catalog's services: main-api, zapier-mcp; got 'nope'."),
+    ({"service": ""}, "service must be one of the catalog's services: main-api, zapier-mcp; got ''."),
+    ({"state": "maybe"}, "state must be on (503 and the maintenance page) or off (serve again); got 'maybe'."),
+    ({"state": ""}, "state must be on"),
+    ({"retry_after": "0"}, "retry_after must be a whole number of seconds from 1 to 604800"),
+    ({"retry_after": "10m"}, "retry_after must be a whole number of seconds from 1 to 604800 (the Retry-After "
+                             "nginx sends), e.g. retry_after=600; got '10m'."),
+    ({"retry_after": 604801}, "retry_after must be"),
+    ({"retry_after": True}, "retry_after must be"),
+    ({"reason": "two\nlines"}, "reason must be text on one line of at most 200 characters"),
+    ({"reason": "x" * 201}, "reason must be text on one line"),
+    ({"reason": ["a"]}, "reason must be text"),
+])
+def test_a_bad_maintenance_input_is_named_before_any_host_is_touched(change: dict[str, Any], expected: str) -> None:
+    [problem] = fleet_inputs.fleet_maintenance_input_problems({**GOOD_MAINTENANCE, **change}, CATALOG)
+    assert problem.startswith(expected.split(" ")[0]) and expected in problem
+
+
+def test_every_maintenance_problem_is_reported_at_once() -> None:
+    problems = fleet_inputs.fleet_maintenance_input_problems({"service": "x", "state": "x", "retry_after": "x"},
+                                                             CATALOG)
+    assert [p.split()[0] for p in problems] == ["service", "state", "retry_after"]
+
+
+def test_the_state_becomes_a_boolean() -> None:
+    assert [fleet_inputs.fleet_maintenance_on(v) for v in ("on", "Off", True, "false")] == [True, False, True, False]
+    with pytest.raises(AnsibleFilterError, match="state must be on or off; got 'maybe'"):
+        fleet_inputs.fleet_maintenance_on("maybe")
+
+
+def test_maintenance_inputs_need_the_catalog() -> None:
+    with pytest.raises(AnsibleFilterError, match="fleet_maintenance_input_problems"):
+        fleet_inputs.fleet_maintenance_input_problems(GOOD_MAINTENANCE, None)

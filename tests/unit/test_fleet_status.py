@@ -86,7 +86,7 @@ def test_the_input_check_needs_the_catalog():
 def test_a_healthy_service_becomes_one_row_with_every_column():
     report = fleet_status_report({"web-1": result(main_api=answer())}, CATALOG, "", NOW)
     assert report["generated"] == "2026-11-30T12:00:00Z" and report["service"] is None
-    assert report["hosts"] == {"web-1": {"reachable": True, "error": "", "routes_error": ""}}
+    assert report["hosts"] == {"web-1": {"reachable": True, "error": "", "routes_error": "", "metrics_error": ""}}
     (row,) = report["rows"]
     assert row["live"] == {"port": 9010, "release": "1.1.0", "unit": "active", "routed": 9010, "nginx_agrees": True}
     assert row["idle"] == {"port": 8010, "release": None, "unit": "inactive", "running": False}
@@ -98,7 +98,7 @@ def test_a_healthy_service_becomes_one_row_with_every_column():
     assert json.loads(json.dumps(report)) == report  # what -e format=json prints
     assert cells(fleet_status_table(report), "web-1", "main-api") == [
         "main-api", "web-1", "9010 1.1.0", "8010 stopped", "200 3ms", "2026-11-30 09:48Z deploy ok alice@laptop",
-        "-", "-", "-"]
+        "-", "-", "-", "?", "?", "?", "?"]  # no request figures in this answer: see the tests at the end
 
 
 def test_rows_are_sorted_by_service_then_host_and_one_service_can_be_asked_for():
@@ -180,7 +180,7 @@ def test_a_down_live_slot_and_a_canary_weight_show():
     one["state"] = {**one["state"], "weight": 10}
     report = fleet_status_report({"web-1": result(main_api=one)}, CATALOG, "", NOW)
     row = cells(fleet_status_table(report), "web-1", "main-api")
-    assert row[2] == "9010 1.1.0 (failed)" and row[-1] == "10"
+    assert row[2] == "9010 1.1.0 (failed)" and row[8] == "10"
 
 
 def test_a_service_without_state_a_broken_state_and_one_outside_the_catalog():
@@ -212,7 +212,7 @@ def test_unreachable_and_failed_hosts_get_a_marked_row_per_service_and_the_table
     assert [(r["service"], r["host"], r["reachable"], r["answered"]) for r in report["rows"]] == [
         ("main-api", "web-1", False, False), ("main-api", "web-2", True, False), ("zapier-mcp", "web-2", True, False)]
     table = fleet_status_table(report)
-    assert cells(table, "web-1", "main-api")[2:] == ["UNREACHABLE", "?", "?", "?", "?", "?", "?"]
+    assert cells(table, "web-1", "main-api")[2:] == ["UNREACHABLE", *["?"] * 10]
     assert cells(table, "web-2", "zapier-mcp")[2] == "FAILED"
     assert "web-1: unreachable: Failed to connect to the host via ssh: refused" in table
     assert "web-2: failed: MODULE FAILURE" in table
@@ -273,3 +273,106 @@ def test_each_filter_is_documented(name: str):
     assert doc["name"] == name and "_input" in doc["options"]
     assert isinstance(yaml.safe_load(getattr(fleet_status, f"{prefix}_EXAMPLES")), list)
     assert "_value" in yaml.safe_load(getattr(fleet_status, f"{prefix}_RETURN"))
+
+
+# --------------------------------------------------------------------------- maintenance (maintenance.yml)
+
+MAINTENANCE = {"since": "2026-11-30T11:30:00Z", "by": "alice@laptop", "reason": "db migration", "retry_after": 600}
+
+
+def in_maintenance(routed: Any = 600, known: bool = True, record: Any = MAINTENANCE) -> dict[str, Any]:
+    one = answer(maintenance_routed=routed, maintenance_known=known)
+    one["state"] = {**one["state"], "maintenance": record}
+    return one
+
+
+def test_a_service_in_maintenance_is_marked_with_since_and_by():
+    report = fleet_status_report({"web-1": result(main_api=in_maintenance())}, CATALOG, "", NOW)
+    row = report["rows"][0]
+    assert row["maintenance"] == {**MAINTENANCE, "on": True, "nginx_agrees": True, "routed": 600}
+    table = fleet_status_table(report)
+    assert cells(table, "web-1", "main-api")[2] == "9010 1.1.0 MAINT 2026-11-30 11:30Z alice@laptop"
+    assert ("web-1 main-api: in maintenance since 2026-11-30T11:30:00Z by alice@laptop (Retry-After 600s): "
+            "db migration") in table
+
+
+def test_a_service_out_of_maintenance_has_no_mark():
+    report = fleet_status_report({"web-1": result(main_api=in_maintenance(routed=None, record=None))}, CATALOG, "",
+                                 NOW)
+    assert report["rows"][0]["maintenance"] is None
+    assert "MAINT" not in " ".join(fleet_status_table(report))
+    old = fleet_status_report({"web-1": result(main_api=answer())}, CATALOG, "", NOW)  # an engine before maintenance
+    assert old["rows"][0]["maintenance"] is None
+
+
+@pytest.mark.parametrize(("routed", "record", "note"), [
+    (None, MAINTENANCE, "web-1 main-api: the state records maintenance but nginx serves the service"),
+    (30, None, "web-1 main-api: nginx answers it with the maintenance page, but its state records no maintenance"),
+])
+def test_nginx_and_the_state_disagreeing_is_a_note(routed: Any, record: Any, note: str):
+    report = fleet_status_report({"web-1": result(main_api=in_maintenance(routed=routed, record=record))}, CATALOG,
+                                 "", NOW)
+    assert report["rows"][0]["maintenance"]["nginx_agrees"] is False
+    assert any(line.startswith(note) for line in fleet_status_table(report))
+
+
+def test_an_nginx_whose_maintenance_table_is_unknown_is_no_disagreement():
+    report = fleet_status_report({"web-1": result(main_api=in_maintenance(routed=None, known=False))}, CATALOG, "",
+                                 NOW)
+    assert report["rows"][0]["maintenance"]["nginx_agrees"] is None
+    assert not any("nginx serves the service" in line for line in fleet_status_table(report))
+
+
+def test_an_unreachable_host_has_no_maintenance_to_show():
+    report = fleet_status_report({"web-1": {"unreachable": True, "msg": "ssh: timeout"}}, CATALOG, "", NOW)
+    assert report["rows"][0]["maintenance"] is None
+
+
+# --------------------------------------------------------------------------- request figures (nginx)
+
+def figures(**changes: Any) -> dict[str, Any]:
+    """A service's request figures as fleet_slots.metrics.summary derives them on the host."""
+    base = {"window_s": 300, "requests": 6000, "errors": 3, "rate": 20.0, "error_share": 0.0005, "p99_ms": 42.5,
+            "p99_above_max": False, "day_s": 86400, "day_requests": 100_000, "day_errors": 7,
+            "availability_24h": 0.99993}
+    return {**base, **changes}
+
+
+def request_cells(report: dict[str, Any], host: str = "web-1", service: str = "main-api") -> list[str]:
+    return cells(fleet_status_table(report), host, service)[-4:]
+
+
+def test_the_request_figures_are_the_last_four_columns_and_part_of_the_row():
+    report = fleet_status_report({"web-1": result(main_api=answer(requests=figures()))}, CATALOG, "", NOW)
+    table = fleet_status_table(report)
+    assert table[0].split()[-5:] == ["REQ/S", "5XX", "P99", "AVAIL", "24H"]
+    assert request_cells(report) == ["20.0", "0.05%", "42ms", "99.99%"]
+    assert report["rows"][0]["requests"] == figures()
+    assert json.loads(json.dumps(report)) == report
+
+
+@pytest.mark.parametrize(("changes", "shown"), [
+    ({"rate": 0.0, "requests": 0, "errors": 0, "error_share": None, "p99_ms": None, "day_requests": 0,
+      "day_errors": 0, "availability_24h": None}, ["0", "-", "-", "no traffic"]),
+    ({"rate": 0.25, "errors": 0, "error_share": 0.0, "p99_ms": 1.234, "day_errors": 0, "availability_24h": 1.0},
+     ["0.25", "0%", "1.2ms", "100%"]),
+    ({"rate": 0.004}, ["<0.01", "0.05%", "42ms", "99.99%"]),
+    # Rounded away from the target: one 5xx in a million is not "0.00%", nor its day "100.00%".
+    ({"rate": 3333.3, "errors": 1, "error_share": 1e-6, "day_requests": 10**6, "day_errors": 1,
+      "availability_24h": 1 - 1e-6}, ["3333", "0.01%", "42ms", "99.99%"]),
+    ({"p99_ms": 10_000.0, "p99_above_max": True, "day_errors": 5000, "availability_24h": 0.95},
+     ["20.0", "0.05%", ">10.0s", "95.00%"]),
+])
+def test_the_request_cells_read_without_traffic_and_round_away_from_the_target(changes: dict[str, Any],
+                                                                                shown: list[str]):
+    report = fleet_status_report({"web-1": result(main_api=answer(requests=figures(**changes)))}, CATALOG, "", NOW)
+    assert request_cells(report) == shown
+
+
+def test_unreadable_request_figures_are_question_marks_and_a_note():
+    unread = {**result(main_api=answer()), "metrics_error": "nginx control GET /metrics: 404"}
+    report = fleet_status_report({"web-1": unread}, CATALOG, "", NOW)
+    assert report["hosts"]["web-1"]["metrics_error"].endswith("404") and report["rows"][0]["requests"] is None
+    table = fleet_status_table(report)
+    assert request_cells(report) == ["?", "?", "?", "?"]
+    assert "web-1: request figures unreadable: nginx control GET /metrics: 404" in table

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_slots import state as deploy_state
 from health_support import (
     XID_LOG,
     Behaviour,
@@ -442,3 +443,39 @@ def test_standalone_run_without_config_prints_the_record(tmp_path, monkeypatch, 
     assert record["summary"]["critical"] == 0
     assert any(c["key"] == "gpu_count:host" and c["message"] == "8 GPUs visible" for c in record["checks"])
     assert not (tmp_path / "none.json").exists()
+
+
+def put_in_maintenance(tmp_path: Path, service: str, on: bool = True) -> None:
+    """What maintenance.yml leaves in the deploy state (through fleet_slots.state, its owner)."""
+    state_dir = str(tmp_path / "deploy-state")
+    current = deploy_state.load(service, state_dir)
+    assert current is not None
+    if on:
+        current.start_maintenance("alice@laptop", "db migration", 600)
+    else:
+        current.end_maintenance()
+    deploy_state.save(current, state_dir)
+
+
+def test_a_service_in_maintenance_is_reported_not_alerted_and_not_healed(tmp_path):
+    systemctl, _, calls = fake_systemctl(tmp_path, "active")
+    with webhook_receiver() as hook, fake_service(Behaviour(status=503)) as (port, _):
+        write_deploy_state(tmp_path, "main-api", port)
+        put_in_maintenance(tmp_path, "main-api")
+        config = config_for(tmp_path, hook.url, self_heal={"enabled": True, "after_failures": 1,
+                                                           "systemctl": str(systemctl)})
+        for _ in range(2):
+            code, record = run(config)
+            assert (code, record["new"], record["actions"], record["maintenance"]) == (0, [], [], ["main-api"])
+        [finding] = [c for c in record["checks"] if c["key"] == "maintenance:main-api"]
+        assert finding["severity"] == "ok"
+        assert "in maintenance since" in finding["message"] and "by alice@laptop: db migration" in finding["message"]
+        assert not [c for c in record["checks"] if c["key"] in ("service:main-api", "slots:main-api")]
+        assert hook.messages == [] and not calls.exists()  # systemctl never asked: no restart
+        metrics = (Path(config.metrics_dir) / fh.METRICS_FILE).read_text()
+        assert 'fleet_health_service_maintenance{service="main-api"} 1' in metrics
+
+        put_in_maintenance(tmp_path, "main-api", on=False)  # off, and still broken: alerted and healed again
+        code, record = run(config)
+        assert (code, record["new"], record["maintenance"]) == (2, ["service:main-api", "self_heal:main-api"], [])
+        assert hook.kinds() == ["ALERT"] and f"restart main-api@{port}.service" in calls.read_text()

@@ -49,6 +49,28 @@ def test_nginx_routes_each_service_to_its_live_slot(host, service, port):
     assert (health["service"], health["port"]) == (service, port)
 
 
+def test_nginx_counts_each_services_requests_and_exports_them(host):
+    """The request figures' dict, log-phase counter and /metrics are rendered, nginx -t accepts them,
+    a request through nginx is counted, and the timer's unit writes node_exporter's file."""
+    assert "lua_shared_dict fleet_metrics" in host.file("/etc/nginx/conf.d/fleet-metrics.conf").content_string
+    assert "location /metrics" in host.file("/etc/nginx/conf.d/fleet-slots.conf").content_string
+    assert host.run("nginx -t").rc == 0
+
+    def counted() -> int:
+        answer = json.loads(host.check_output("fleet-slot metrics main-api --raw"))
+        return int(answer["services"]["main-api"]["total"]["requests"])
+
+    before = counted()
+    get_json(host, "http://127.0.0.1/health", "-H 'Host: main-api.fleet.test'")
+    assert counted() > before  # (the health checker may ask /health through nginx meanwhile)
+    assert host.service("fleet-request-metrics.timer").is_enabled
+    host.check_output("systemctl start fleet-request-metrics.service")
+    exported = host.file("/var/lib/prometheus/node-exporter/fleet_requests.prom")
+    assert exported.mode == 0o644
+    assert "fleet_requests_up 1" in exported.content_string
+    assert 'fleet_http_requests_total{service="main-api"} ' in exported.content_string
+
+
 def test_unknown_host_name_gets_404(host):
     code = host.check_output(
         "curl -s -o /dev/null -w '%{http_code}' -H 'Host: nope.fleet.test' http://127.0.0.1/"

@@ -5,12 +5,18 @@
 -- reloads (the state on disk is the truth, so a restart or a reboot lands on the live slot);
 -- control() lets the slot engine change it through a root-only unix socket. A switch is one
 -- dict write: nginx is not reloaded and no client or upstream connection is closed.
+--
+-- Maintenance works the same way: "maintenance:<service>" holds the Retry-After (seconds) of a
+-- service in maintenance, filled by init() from the state's `maintenance` and set or cleared
+-- through control(); maintenance() (access_by_lua of the service's locations) answers its
+-- requests with 503 and the service's maintenance page, except for the exempt clients.
 local cjson = require "cjson.safe"
 
 local _M = {}
 
 local DICT = "fleet_slots"
 
+-- The live port and the maintenance Retry-After (nil when not in maintenance) of a state file.
 local function live_port_from(path)
     local file = io.open(path, "r")
     if not file then
@@ -23,7 +29,8 @@ local function live_port_from(path)
     if not port then
         return nil, "no live_port in it"
     end
-    return port
+    local maintenance = type(state.maintenance) == "table" and tonumber(state.maintenance.retry_after) or nil
+    return port, nil, maintenance
 end
 
 -- init_by_lua (master process): services maps each service nginx routes to its blue port.
@@ -31,7 +38,13 @@ function _M.init(state_dir, services)
     local dict = ngx.shared[DICT]
     for service, blue in pairs(services) do
         dict:set("slots:" .. service, blue .. " " .. (blue + 1000))
-        local port, err = live_port_from(state_dir .. "/" .. service .. ".json")
+        local port, err, maintenance = live_port_from(state_dir .. "/" .. service .. ".json")
+        -- The dict outlives a reload: a maintenance the state no longer records goes.
+        if maintenance then
+            dict:set("maintenance:" .. service, maintenance)
+        else
+            dict:delete("maintenance:" .. service)
+        end
         if port then
             dict:set(service, port)
         elseif not dict:get(service) then
@@ -56,6 +69,30 @@ function _M.balance(service)
     end
 end
 
+-- access_by_lua of each location of the service (after limit_req, before proxy_pass): while the
+-- service is in maintenance, 503 with Retry-After and the page at `page` (read per answer, so a
+-- new page needs no reload). `exempt` is "1" for clients that still reach the service (the host
+-- itself: the deploy's verification through nginx, the health checker).
+function _M.maintenance(service, page, exempt)
+    local retry_after = ngx.shared[DICT]:get("maintenance:" .. service)
+    if not retry_after or exempt == "1" then
+        return
+    end
+    local body = "<!doctype html><title>Maintenance</title><p>" .. service
+                 .. " is down for maintenance. Please try again later.</p>\n"
+    local file = io.open(page, "r")
+    if file then
+        body = file:read("*a") or body
+        file:close()
+    end
+    ngx.status = 503
+    ngx.header["Retry-After"] = retry_after
+    ngx.header["Content-Type"] = "text/html; charset=utf-8"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.print(body)
+    return ngx.exit(ngx.HTTP_OK)
+end
+
 local function answer(status, body)
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
@@ -63,12 +100,56 @@ local function answer(status, body)
     return ngx.exit(status)
 end
 
+local function maintenance_control(dict, method, uri)
+    if uri == "/maintenance" and method == "GET" then
+        local found = {}
+        for _, key in ipairs(dict:get_keys(0)) do
+            local service = key:match("^maintenance:(.+)$")
+            if service then
+                found[service] = dict:get(key)
+            end
+        end
+        return answer(200, found)
+    end
+    local service = uri:match("^/maintenance/([%w._-]+)$")
+    if not service or (method ~= "PUT" and method ~= "DELETE") then
+        return answer(404, { error = method .. " " .. uri .. ": GET /maintenance, PUT /maintenance/<service> "
+                                     .. "(body: Retry-After seconds) or DELETE /maintenance/<service>" })
+    end
+    if not dict:get("slots:" .. service) then
+        return answer(404, { error = "nginx routes no service named " .. service })
+    end
+    local key = "maintenance:" .. service
+    local previous = dict:get(key)
+    if method == "DELETE" then
+        dict:delete(key)
+        ngx.log(ngx.NOTICE, "fleet: ", service, " out of maintenance")
+        return answer(200, { service = service, previous = previous })
+    end
+    ngx.req.read_body()
+    local seconds = tonumber(ngx.req.get_body_data() or "")
+    if not seconds or seconds < 1 or seconds ~= math.floor(seconds) then
+        return answer(400, { error = "the body must be the Retry-After in whole seconds (at least 1), not "
+                                     .. tostring(ngx.req.get_body_data()) })
+    end
+    local ok, err = dict:set(key, seconds)
+    if not ok then
+        return answer(500, { error = "cannot store the maintenance: " .. err })
+    end
+    ngx.log(ngx.NOTICE, "fleet: ", service, " in maintenance (Retry-After ", seconds, ")")
+    return answer(200, { service = service, retry_after = seconds, previous = previous })
+end
+
 -- content_by_lua of the control server:
 --   GET /slots            every service's live port
 --   PUT /slots/<service>  body: one of the service's two slot ports
+--   GET /maintenance, PUT /maintenance/<service> (body: Retry-After seconds), DELETE /maintenance/<service>
 function _M.control()
     local dict = ngx.shared[DICT]
     local method, uri = ngx.req.get_method(), ngx.var.uri
+    if uri == "/maintenance" or uri:find("^/maintenance/") then
+        return maintenance_control(dict, method, uri)
+    end
     if uri == "/slots" and method == "GET" then
         local slots = {}
         for _, key in ipairs(dict:get_keys(0)) do

@@ -213,6 +213,7 @@ def _execute(config: Config, options: Options, runner: Runner) -> tuple[int, dic
         "exit_code": EXIT_CODES[status], "duration_s": round(duration, 3),
         "summary": {s: sum(1 for f in findings if f.severity == s) for s in (OK, WARN, CRITICAL, UNKNOWN)},
         "problems": [f.as_dict() for f in findings if f.severity != OK],
+        "maintenance": sorted(f.target for f in findings if f.check == "maintenance"),
         "new": new,
         "recovered": recovered,
         "actions": actions,

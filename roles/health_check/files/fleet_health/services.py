@@ -119,7 +119,34 @@ def is_hard_failure(result: HttpResult) -> bool:
     return bool(result.error) or (result.status is not None and result.status >= 500)
 
 
+def maintenance_of(state_dir: str, name: str) -> dict[str, Any] | None:
+    """The maintenance the service's deploy state records (maintenance.yml), None when it is off."""
+    try:
+        current = deploy_state.load(name, state_dir)
+    except deploy_state.StateError:
+        return None  # the service check reports it
+    return current.maintenance if current is not None else None
+
+
+def check_maintenance(service: ServiceSpec, config: Config, metrics: Metrics) -> ServiceOutcome | None:
+    """A service in maintenance is reported as such (ok: it is on purpose), and neither checked nor
+    healed: nginx answers it with its maintenance page, and its slots may be down for the work."""
+    held = maintenance_of(config.deploy_state_dir, service.name)
+    metrics.add("service_maintenance", "1 while the service is in maintenance (maintenance.yml): not checked.",
+                1 if held else 0, {"service": service.name})
+    if held is None:
+        return None
+    reason = f": {held['reason']}" if held.get("reason") else ""
+    return ServiceOutcome([Finding("maintenance", service.name, OK, (
+        f"{service.name} is in maintenance since {held.get('since') or '?'} by {held.get('by') or '?'}{reason}; "
+        f"nginx answers it with 503 (Retry-After {held.get('retry_after')}s): not checked, no alert, no "
+        "self-healing until maintenance.yml turns it off"))], None, False)
+
+
 def check_service(service: ServiceSpec, config: Config, metrics: Metrics, runner: Runner) -> ServiceOutcome:
+    in_maintenance = check_maintenance(service, config, metrics)
+    if in_maintenance is not None:
+        return in_maintenance
     findings = []
     live_port, why = read_live_port(config.deploy_state_dir, service)
     labels = {"service": service.name}
@@ -201,8 +228,8 @@ def check_slots(config: Config, runner: Runner) -> list[Finding]:
             current = deploy_state.load(service.name, config.deploy_state_dir)
         except deploy_state.StateError:
             continue  # the service check reports it
-        if current is None:
-            continue
+        if current is None or current.maintenance is not None:
+            continue  # none to judge, or in maintenance: the service check says so
         deploying = deploy_lock.in_progress(deploy_lock.read(service.name, config.slots.lock_dir))
         findings.extend(_judge_slots(service, current, listeners, deploying))
     return findings

@@ -653,7 +653,8 @@ def _enabled_instances(unit_dir: str, name: str) -> list[str]:
 
 
 def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id: str, owner: str,
-                hostname: str, started: float) -> None:
+                hostname: str, started: float, extra: dict[str, Any] | None = None) -> None:
+    """Append the run's audit line; `extra` adds fields of its own (a maintenance switch's reason)."""
     line = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -663,6 +664,7 @@ def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id:
         "phase": outcome.phase, "message": outcome.message, "seconds": round(time.time() - started, 3),
         "durations": outcome.durations, "broke_lock": outcome.broke_lock, "reconciled": outcome.reconciled,
     }
+    line.update(extra or {})
     data = memoryview((json.dumps(line, sort_keys=True) + "\n").encode("utf-8"))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

@@ -5,6 +5,11 @@ reads per request, and serves a small HTTP API on a unix socket only root can re
 
     GET /slots             -> {"main-api": 8010, ...}
     PUT /slots/<service>   body "9010" -> {"service": "main-api", "port": 9010, "previous": 8010}
+    GET /maintenance               -> {"main-api": 600, ...}  (services in maintenance: Retry-After)
+    PUT /maintenance/<service>     body "600": answer 503 with the maintenance page from now on
+    DELETE /maintenance/<service>  route to the live slot again
+    GET /metrics[?window=N]            request figures per service (fleet_slots.metrics reads them)
+    GET /metrics/<service>[?window=N]  one service's
 
 Setting a value changes where the next request goes; nginx is not reloaded and no connection,
 client or upstream, is closed.
@@ -67,3 +72,27 @@ def switch(service: str, port: int, control_socket: str = CONTROL_SOCKET) -> int
     answer = _call("PUT", f"/slots/{service}", body=str(port), control_socket=control_socket)
     previous = answer.get("previous")
     return int(previous) if previous is not None else None
+
+
+def maintenance(control_socket: str = CONTROL_SOCKET) -> dict[str, int]:
+    """The services nginx answers with its maintenance page right now, each with its Retry-After."""
+    return {k: int(v) for k, v in _call("GET", "/maintenance", control_socket=control_socket).items()}
+
+
+def set_maintenance(service: str, retry_after: int, control_socket: str = CONTROL_SOCKET) -> None:
+    """From the next request on, nginx answers `service` with 503 and its maintenance page."""
+    _call("PUT", f"/maintenance/{service}", body=str(retry_after), control_socket=control_socket)
+
+
+def clear_maintenance(service: str, control_socket: str = CONTROL_SOCKET) -> None:
+    """From the next request on, nginx routes `service` to its live slot again."""
+    _call("DELETE", f"/maintenance/{service}", control_socket=control_socket)
+
+
+def metrics(service: str | None = None, window: int = 300, control_socket: str = CONTROL_SOCKET) -> dict[str, Any]:
+    """nginx's request figures of every service it routes (or of `service` only): per service its
+    totals since nginx started, the last `window` seconds (1 to 600, whole 10 s windows) and the
+    last 24 hours; fleet_slots.metrics derives rates, shares and percentiles from them."""
+    path = "/metrics" + (f"/{service}" if service else "")
+    answer: dict[str, Any] = _call("GET", f"{path}?window={int(window)}", control_socket=control_socket)
+    return answer

@@ -12,7 +12,8 @@ engine, the Ansible module, the local fact, the health checker, the benchmark) g
       "last_good_release": "1.0.0",            # history[-2]: what a rollback returns to
       "bad_releases": ["9.9.9"],               # failed their health gate here
       "last_deploy": "main-api-2026...",       # deploy id of the last completed move
-      "pending": null | {...}                  # the journal of a move in progress
+      "pending": null | {...},                 # the journal of a move in progress
+      "maintenance": null | {"since": "...", "by": "alice@laptop", "reason": "...", "retry_after": 600}
     }
 
 A slot's `config` is the digest of the unit and environment it was started with (site.yml
@@ -99,6 +100,7 @@ class State:
     bad_releases: list[str] = field(default_factory=list)
     last_deploy: str | None = None
     pending: Move | None = None
+    maintenance: dict[str, Any] | None = None
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod
@@ -124,6 +126,7 @@ class State:
             bad_releases=list(data.get("bad_releases") or []),
             last_deploy=data.get("last_deploy"),
             pending=Move.from_dict(pending) if pending else None,
+            maintenance=_maintenance_from(data.get("maintenance"), where),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,9 +224,31 @@ class State:
             self.bad_releases.append(move.to_release)
         self.pending = None
 
+    def start_maintenance(self, by: str, reason: str, retry_after: int) -> None:
+        """nginx answers the service with 503 and its maintenance page; a service already in
+        maintenance keeps its `since` and `by` (a new retry_after or reason replaces the old)."""
+        if retry_after < 1:
+            raise StateError(f"{self.service}: retry_after must be at least 1 second, not {retry_after}")
+        kept = self.maintenance or {"since": now_iso(), "by": by}
+        self.maintenance = {"since": kept["since"], "by": kept["by"], "reason": reason, "retry_after": retry_after}
+
+    def end_maintenance(self) -> None:
+        self.maintenance = None
+
     def configure(self, config: str) -> None:
         """The live slot was (re)started in place with configuration `config` (it served nothing)."""
         self.slots[str(self.live_port)]["config"] = config
+
+
+def _maintenance_from(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    retry = value.get("retry_after") if isinstance(value, dict) else None
+    if not isinstance(retry, int) or isinstance(retry, bool) or retry < 1:
+        raise StateError(f"{where}: maintenance must be null or an object with retry_after (seconds, at "
+                         f"least 1), not {value!r}")
+    return {"since": str(value.get("since") or ""), "by": str(value.get("by") or ""),
+            "reason": str(value.get("reason") or ""), "retry_after": retry}
 
 
 def initial(service: str, port: int, release: str, config: str = "") -> State:

@@ -2,9 +2,10 @@
 
 Per service: its deploy state (state.load_all), nginx's route (one read of the slot table), both
 slots' units (one systemctl call for all of them), the live slot's health now (all services
-probed at once, each with a short timeout), the deploy lock, and its newest audit line (raw:
-the controller parses it). Problems are reported, never raised: one broken service or an nginx
-that does not answer must not hide the others.
+probed at once, each with a short timeout), the deploy lock, its newest audit line (raw:
+the controller parses it), and nginx's request figures (one read of the control socket).
+Problems are reported, never raised: one broken service or an nginx that does not answer must not
+hide the others.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import audit, host, lock, nginx, state
+from . import audit, host, lock, metrics, nginx, state
 from .engine import Spec  # a catalog service: status reads its slots and its health check
 
 
@@ -50,6 +51,38 @@ def _ports(current: state.State | None, check: Spec | None) -> tuple[int | None,
         return current.live_port, current.idle_port(check.blue_port)
     others = [int(p) for p in current.slots if int(p) != current.live_port]
     return current.live_port, (others[0] if others else None)
+
+
+def _add_maintenance(services: dict[str, dict[str, Any]], control_socket: str, routes_error: str) -> None:
+    """Each service's maintenance as nginx applies it (`maintenance_routed`: its Retry-After, None
+    when nginx serves it); the state's record is in `state`. An nginx whose Lua predates
+    maintenance answers 404: reported as unknown (None), like an unreadable slot table."""
+    applied: dict[str, int] | None = None
+    if not routes_error:
+        try:
+            applied = nginx.maintenance(control_socket)
+        except nginx.NginxControlError:
+            applied = None
+    for name, service in services.items():
+        service["maintenance_routed"] = applied.get(name) if applied is not None else None
+        service["maintenance_known"] = applied is not None
+
+
+def _add_requests(services: dict[str, dict[str, Any]], control_socket: str, routes_error: str) -> str:
+    """Each service's request figures as nginx counts them (`requests`: the last 5 minutes' rate, 5xx
+    share and p99, the last 24 hours' availability; fleet_slots.metrics), in one read of the control
+    socket; None for a service nginx does not count. Returns why they could not be read ("" if they
+    could): an nginx whose Lua predates the figures answers 404."""
+    figures: dict[str, dict[str, Any]] = {}
+    error = routes_error and "nginx's control socket does not answer"
+    if not routes_error:
+        try:
+            figures = metrics.summaries(nginx.metrics(control_socket=control_socket))
+        except (nginx.NginxControlError, metrics.MetricsError, KeyError, TypeError, ValueError) as err:
+            error = str(err)
+    for name, service in services.items():
+        service["requests"] = figures.get(name)
+    return error
 
 
 def report(checks: list[Spec], *, include_unlisted: bool, state_dir: str = state.STATE_DIR,
@@ -98,4 +131,6 @@ def report(checks: list[Spec], *, include_unlisted: bool, state_dir: str = state
     last = audit.last_of_each(audit_log, names) if audit_log else {}
     for name in names:
         services[name]["last_audit"] = last.get(name, "")
-    return {"services": services, "routes": routes, "routes_error": routes_error}
+    _add_maintenance(services, control_socket, routes_error)
+    metrics_error = _add_requests(services, control_socket, routes_error)
+    return {"services": services, "routes": routes, "routes_error": routes_error, "metrics_error": metrics_error}
