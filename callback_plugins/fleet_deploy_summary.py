@@ -28,7 +28,11 @@ RESULT_WORDS = {
     "unchanged": "already live",
     "planned": "not started",
     "unreachable": "unreachable (stopped there; check the host)",
+    "reverted": "put back (on_failure=revert_all)",
+    "revert failed": "NOT PUT BACK (on_failure=revert_all failed; check the host)",
 }
+# Results that leave the host on the release the run moved to.
+ON_NEW_RELEASE = ("ok", "revert failed")
 MODE_WORDS = {"deploy": "deployed", "rollback": "rolled back", "restart": "restarted"}
 
 
@@ -51,7 +55,7 @@ def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> 
             word = MODE_WORDS.get(entry.get("mode", "deploy"), word)
         elif result == "unchanged" and entry.get("note"):
             word = entry["note"]
-        final = entry.get("to_release") if result == "ok" else entry.get("from_release")
+        final = entry.get("to_release") if result in ON_NEW_RELEASE else entry.get("from_release")
         if final == target:
             on_target.append(host)
         elif result == "unchanged":
@@ -63,7 +67,7 @@ def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> 
         if result != "unchanged":
             move += f" -> {entry.get('to_release', '?')} (:{entry.get('to_slot', '?')})"
         line = f"{host:<{width}}  {move:<30}  {seconds:>7}  {word}"
-        if result == "failed":
+        if result in ("failed", "revert failed"):
             line += f": {entry.get('message', '')}"
         lines.append(line)
     lines.append(f"on {target}: {', '.join(on_target) or 'none'}")

@@ -34,7 +34,7 @@ SURVEY_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hot_deploy": (
         "fleet hot deploy",
         "Zero-downtime deploy of one catalog service, a batch of hosts at a time.",
-        ("service", "version", "batch_size", "break_lock"),
+        ("service", "version", "batch_size", "on_failure", "break_lock"),
     ),
     "rollback": (
         "fleet rollback",
@@ -101,7 +101,7 @@ name: fleet_awx_survey
 short_description: An AWX survey spec for a fleet job template, its choices from the catalog
 description:
   - Builds the survey spec of the C(hot_deploy) job template (questions C(service), C(version),
-    C(batch_size), C(break_lock)), of the C(rollback) one (C(service), C(batch_size),
+    C(batch_size), C(on_failure), C(break_lock)), of the C(rollback) one (C(service), C(batch_size),
     C(break_lock)), of the C(status) one (C(service), C(format)) or of the C(audit) one
     (C(service), C(limit), C(since)) or of the C(maintenance) one (C(service), C(state),
     C(retry_after), C(reason)).
@@ -112,7 +112,8 @@ description:
     C(state) is C(on) or C(off); C(retry_after) an integer from 1 to 604800 (default 600);
     C(reason) optional text of at most 200 characters;
     C(version) is optional text (empty deploys the catalog's C(release.version));
-    C(batch_size) is a required integer of at least 1; C(break_lock) is C(no) or C(yes), which
+    C(batch_size) is a required integer of at least 1; C(on_failure) is C(halt) (the default) or
+    C(revert_all); C(break_lock) is C(no) or C(yes), which
     the playbooks read with the C(bool) filter.
 positional: kind, batch_size
 options:
@@ -282,6 +283,17 @@ def _question(variable: str, choices: list[str], batch_size: int, kind: str) -> 
             "default": "",
             "min": 0,
             "max": VERSION_MAX_LENGTH,
+        }
+    if variable == "on_failure":
+        return {
+            "question_name": "On a failed host",
+            "question_description": "halt: stop the rollout, hosts already moved stay on the new release; "
+                                    "revert_all: also move them back to the release they ran.",
+            "variable": "on_failure",
+            "type": "multiplechoice",
+            "choices": ["halt", "revert_all"],
+            "required": True,
+            "default": "halt",
         }
     if variable == "break_lock":
         return {

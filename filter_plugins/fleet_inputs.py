@@ -21,14 +21,17 @@ SECONDS_INPUTS = {
     "drain_timeout": (0.0, False),
 }
 _SECONDS_RE = re.compile(r"[0-9]+(\.[0-9]+)?")
+# What a failed host does to the hosts the run already moved (deploy role, deploy_on_failure).
+ON_FAILURE = ("halt", "revert_all")
 _BATCH_RE = re.compile(r"([1-9][0-9]*)(%?)")
 
 FLEET_DEPLOY_INPUT_PROBLEMS_DOCUMENTATION = r"""
 name: fleet_deploy_input_problems
 short_description: What is wrong with a deploy's extra vars
 description:
-  - Checks C(batch_size) (see P(fleet_batch_ramp#filter)) and the durations in seconds
-    (C(health_timeout), C(health_interval), C(drain_timeout) above 0; C(health_start_grace) 0 or more).
+  - Checks C(batch_size) (see P(fleet_batch_ramp#filter)), C(on_failure) (C(halt) or C(revert_all)) and
+    the durations in seconds (C(health_timeout), C(health_interval), C(drain_timeout) above 0;
+    C(health_start_grace) 0 or more).
   - Empty or missing values are fine (the catalog's settings apply).
   - Returns one line per problem, naming the extra var and the fix; an empty list when all is well.
 options:
@@ -210,6 +213,10 @@ def fleet_deploy_input_problems(inputs: Any) -> list[str]:
         steps = _batch_steps(batch)
         if isinstance(steps, str):
             problems.append(steps)
+    on_failure = inputs.get("on_failure")
+    if on_failure not in (None, "", *ON_FAILURE):
+        problems.append(f"on_failure must be one of {', '.join(ON_FAILURE)} (halt: the hosts already moved stay; "
+                        f"revert_all: they are moved back), got '{on_failure}'.")
     for name, (least, least_allowed) in SECONDS_INPUTS.items():
         value = inputs.get(name)
         if value in (None, ""):

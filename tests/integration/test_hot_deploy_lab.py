@@ -315,25 +315,43 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
     assert failures(samples) == [], failures(samples)[:10]
 
 
-def test_a_stray_process_on_the_idle_port_is_refused_by_name(lab: Lab):
+def test_a_stray_process_on_the_idle_port_is_refused_by_name_and_revert_all_moves_the_others_back(lab: Lab):
     """Something else listening on the idle slot's port would pass a health check by port alone:
-    the deploy refuses before starting anything, naming the process, and traffic stays."""
+    the deploy refuses there before starting anything, naming the process, and traffic stays. The
+    rollout (one host at a time, in name order) had moved the hosts before it: with
+    on_failure=revert_all they are moved back to the release they ran, each through a slot switch."""
     host, service = HOST3, "personas-api"
-    before = state(lab, host, service)
-    idle = 9000 if before["live_port"] == 8000 else 8000
+    before = {h: state(lab, h, service) for h in lab.hosts}
+    releases = {h: s["slots"][str(s["live_port"])]["release"] for h, s in before.items()}
+    target = next(r for r in ("1.1.0", "1.2.0", "2.0.0") if r not in releases.values())
+    idle = 9000 if before[host]["live_port"] == 8000 else 8000
     lab.ssh(host, f"systemd-run --unit fleet-test-stray python3 -m http.server --bind 127.0.0.1 {idle}")
     try:
         deadline = time.monotonic() + 20
         while lab.ssh(host, f"ss -Hltn 'sport = :{idle}' | grep -q LISTEN", check=False).returncode != 0:
             assert time.monotonic() < deadline, "the stray process never listened"
             time.sleep(0.2)
-        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", "version=1.1.0", "--limit", host,
-                              check=False)
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={target}",
+                              "-e", "on_failure=revert_all", check=False)
     finally:
         lab.ssh(host, "systemctl stop fleet-test-stray", check=False)
     assert result.returncode != 0
     message = flat(result.stdout)
     assert f"in the preflight step: port {idle}, the idle slot of {service}, is held by PID" in message
     assert "python3 -m http.server" in message and "fleet-test-stray.service" in message
-    assert state(lab, host, service) == before
-    assert served(lab, host, service)["port"] == before["live_port"]
+    assert state(lab, host, service) == before[host]
+    assert served(lab, host, service)["port"] == before[host]["live_port"]
+
+    moved = sorted(h for h in lab.hosts if h != host)
+    assert f"on_failure=revert_all moved back to the release they ran: {', '.join(moved)}." in message
+    summary = summary_of(result.stdout)
+    for other in moved:
+        now = state(lab, other, service)
+        assert now["slots"][str(now["live_port"])]["release"] == releases[other], (other, now)
+        assert now["pending"] is None and served(lab, other, service)["version"] == releases[other]
+        assert "put back (on_failure=revert_all)" in summary.split(other, 1)[1].splitlines()[0]
+        deploy_line, revert_line = [e for e in audit(lab, other) if e["service"] == service][-2:]
+        assert (deploy_line["mode"], deploy_line["result"], deploy_line["to_release"]) == ("deploy", "ok", target)
+        assert (revert_line["mode"], revert_line["result"], revert_line["to_release"]) == (
+            "rollback", "ok", releases[other])
+    assert f"still on the previous release: {', '.join(sorted(lab.hosts))}" in summary

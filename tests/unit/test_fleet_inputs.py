@@ -110,3 +110,13 @@ def test_the_state_becomes_a_boolean() -> None:
 def test_maintenance_inputs_need_the_catalog() -> None:
     with pytest.raises(AnsibleFilterError, match="fleet_maintenance_input_problems"):
         fleet_inputs.fleet_maintenance_input_problems(GOOD_MAINTENANCE, None)
+
+
+@pytest.mark.parametrize("given", ["halt", "revert_all", "", None])
+def test_on_failure_is_halt_or_revert_all(given: Any) -> None:
+    assert fleet_deploy_input_problems({"on_failure": given}) == []
+
+
+def test_a_bad_on_failure_is_named_with_its_choices() -> None:
+    [problem] = fleet_deploy_input_problems({"on_failure": "rollback"})
+    assert problem.startswith("on_failure must be one of halt, revert_all") and "got 'rollback'" in problem
