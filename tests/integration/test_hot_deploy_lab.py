@@ -343,11 +343,11 @@ def test_a_stray_process_on_the_idle_port_is_refused_by_name_and_revert_all_move
     assert served(lab, host, service)["port"] == before[host]["live_port"]
 
     moved = sorted(h for h in lab.hosts if h != host)
-    assert f"on_failure=revert_all moved back to the release they ran: {', '.join(moved)}." in message
     summary = summary_of(result.stdout)
+    reverts = result.stdout.split("(on_failure=revert_all)] ***", 1)[-1].split("TASK [", 1)[0]
     for other in moved:
         now = state(lab, other, service)
-        assert now["slots"][str(now["live_port"])]["release"] == releases[other], (other, now)
+        assert now["slots"][str(now["live_port"])]["release"] == releases[other], (other, now, reverts, summary)
         assert now["pending"] is None and served(lab, other, service)["version"] == releases[other]
         assert "put back (on_failure=revert_all)" in summary.split(other, 1)[1].splitlines()[0]
         deploy_line, revert_line = [e for e in audit(lab, other) if e["service"] == service][-2:]
@@ -355,3 +355,4 @@ def test_a_stray_process_on_the_idle_port_is_refused_by_name_and_revert_all_move
         assert (revert_line["mode"], revert_line["result"], revert_line["to_release"]) == (
             "rollback", "ok", releases[other])
     assert f"still on the previous release: {', '.join(sorted(lab.hosts))}" in summary
+    assert f"on_failure=revert_all moved back to the release they ran: {', '.join(moved)}." in message, summary
