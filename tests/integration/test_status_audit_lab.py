@@ -96,8 +96,8 @@ def test_the_table_shows_what_each_hosts_state_says(lab: Lab):
     assert set(recap_changed(result.stdout).values()) == {0}
     table = printed(result.stdout, STATUS_TASK)
     assert cells(table[0]) == ["SERVICE", "HOST", "LIVE", "IDLE", "HEALTH", "LAST DEPLOY", "LOCK", "PENDING",
-                               "CANARY"]
-    rows = {(c[0], c[1]): c for c in map(cells, table[1:]) if len(c) == 9}
+                               "CANARY", "REQ/S", "5XX", "P99", "AVAIL 24H"]
+    rows = {(c[0], c[1]): c for c in map(cells, table[1:]) if len(c) == 13}
     assert set(rows) == {(service, host) for host, f in seen.items() for service in set(CATALOG) | set(f["states"])}
     for host, found in seen.items():
         for service in set(CATALOG) - set(found["states"]):
@@ -116,6 +116,11 @@ def test_the_table_shows_what_each_hosts_state_says(lab: Lab):
             assert (row[6] == "-") == (service not in found["locks"]), row
             assert (row[7] == "-") == (state.get("pending") is None), row
             assert row[8] == "-", row  # the engine keeps no canary weight
+            # nginx's figures for the service on the host (exact counts: test_request_figures_lab.py)
+            assert re.fullmatch(r"0|<0\.01|\d+(\.\d+)?", row[9]), row
+            assert re.fullmatch(r"-|0%|\d+\.\d\d%", row[10]), row
+            assert re.fullmatch(r"-|>?\d+(\.\d+)?(ms|s)", row[11]), row
+            assert re.fullmatch(r"no traffic|100%|\d+\.\d\d%", row[12]), row
     print(f"status.yml on {len(lab.hosts)} hosts took {took:.1f}s")
     assert took < 30, f"status.yml took {took:.1f}s: it should read each host in one call"
 
