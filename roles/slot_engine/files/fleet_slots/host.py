@@ -6,6 +6,7 @@ import http.client
 import os
 import re
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -133,3 +134,19 @@ def write_private(path: Path, text: str) -> bool:
 
 def enabled(unit: str) -> bool:
     return systemctl("is-enabled", unit, check=False).stdout.strip() == "enabled"
+
+
+def write_atomically(path: Path, text: str, prefix: str, suffix: str = "") -> None:
+    """Replace `path` with `text`, mode 0644, through a temporary file in the same directory
+    (write, fsync, rename): a reader or a crash sees the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

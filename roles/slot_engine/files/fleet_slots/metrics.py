@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from . import host
 
 TEXTFILE = "fleet_requests.prom"
 
@@ -155,15 +156,5 @@ def write_textfile(directory: str | os.PathLike[str], text: str, name: str = TEX
     """Write `text` to directory/name atomically (a temporary file in the same directory, renamed
     over it), mode 0644: node_exporter never reads half a file, and ignores the temporary (no .prom)."""
     target = Path(directory) / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    host.write_atomically(target, text, prefix=f".{name}.", suffix=".tmp")
     return target

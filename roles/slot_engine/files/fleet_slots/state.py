@@ -28,13 +28,13 @@ client could see, advances its phase as it goes, and clears it when the old slot
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from . import host
 
 STATE_DIR = "/var/lib/fleet/state"
 
@@ -292,15 +292,5 @@ def save(state: State, state_dir: str = STATE_DIR) -> None:
     """Replace the state file atomically (write, fsync, rename): a crash leaves old or new."""
     path = path_of(state.service, state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{state.service}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    host.write_atomically(path, json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n",
+                          prefix=f".{state.service}.")
