@@ -16,7 +16,8 @@ type: aggregate
 short_description: Per-host summary of a fleet hot deploy or rollback
 description:
   - At the end of a run that recorded C(fleet_deploy_summary) with set_stats, prints one line per
-    host - from release and slot, to release and slot, seconds taken, result - and which hosts
+    host - from release and slot, to release and slot, seconds taken, result (and what the watch
+    after the switch saw) - and which hosts
     now run the new release and which still run the old one.
 requirements:
   - enabled in ansible.cfg (callbacks_enabled)
@@ -67,6 +68,11 @@ def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> 
         if result != "unchanged":
             move += f" -> {entry.get('to_release', '?')} (:{entry.get('to_slot', '?')})"
         line = f"{host:<{width}}  {move:<30}  {seconds:>7}  {word}"
+        watched = entry.get("watch") or {}
+        if result == "ok" and watched:
+            p99 = f", p99 {watched['p99_ms']:.0f} ms" if isinstance(watched.get("p99_ms"), (int, float)) else ""
+            line += (f" (watched {watched.get('seconds', 0):.1f}s: {watched.get('requests', 0)} requests, "
+                     f"{watched.get('errors', 0)} 5xx{p99})")
         if result in ("failed", "revert failed"):
             line += f": {entry.get('message', '')}"
         lines.append(line)

@@ -26,11 +26,18 @@ DEFAULT_RESERVED_PORTS = (22, 80, 443)
 
 SERVICE_KEYS = (
     "port", "group", "description", "health", "release", "command",
-    "environment", "nginx", "drain_timeout", "user",
+    "environment", "nginx", "drain_timeout", "user", "deploy",
 )
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health", "status": 200, "body": "", "timeout": 60, "interval": 0.1, "start_grace": 0,
 }
+# The watch after a deploy's switch (fleet_slots.watch): seconds, and what a breach is. 30 s: at
+# moderate traffic (10 requests/s) that is 300 requests, enough to judge a 1% share, and a rollout
+# of one host at a time pays it once per batch. p99 is not judged by default: the right bound is the
+# service's own (a GPU inference service answers in seconds).
+DEPLOY_DEFAULTS: dict[str, Any] = {"watch": 30, "max_error_share": 0.01, "max_p99_ms": None, "min_requests": 100}
+# A longer observation is a canary's job, and the deploy lock is held all along.
+WATCH_MAX = 600
 # Set by the unit template for each slot; EnvironmentFile= would win over them.
 RESERVED_ENVIRONMENT = ("FLEET_SERVICE", "FLEET_SLOT_PORT")
 RELEASE_KEYS = ("version", "archive", "sha256", "keep")
@@ -99,6 +106,10 @@ description:
     tab.
   - C(release.archive) is an C(https://) URL, which needs C(release.sha256), or an absolute path
     on the controller.
+  - C(deploy) is optional - the watch after each host's switch of a deploy - C(watch) (seconds, 0 to 600, 0 for
+    none; default 30), C(max_error_share) (0 to 1, default 0.01), C(max_p99_ms) (milliseconds above 0, or null,
+    the default, for latency not judged) and C(min_requests) (a whole number from 1, default 100); all are
+    filled in.
   - C(nginx.maintenance_page) is optional, the HTML nginx answers with (503) while the service is
     in maintenance (maintenance.yml), at most 65536 characters, no control characters but tab,
     newline and carriage return; absent, the result holds an empty string and the nginx role writes
@@ -495,6 +506,38 @@ def _health(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     }
 
 
+def _deploy(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
+    """The watch after each host's switch: how long, and the limits whose breach reverts the host."""
+    where = f"{name}.deploy"
+    raw = _mapping(where, value, problems, "deploy: {watch: 30, max_error_share: 0.01}")
+    _check_keys(where, raw, DEPLOY_DEFAULTS, problems)
+    deploy = dict(DEPLOY_DEFAULTS)
+    watch = raw.get("watch")
+    if watch is not None:
+        if not _is_number(watch) or not 0 <= watch <= WATCH_MAX:
+            problems.add(f"{where}.watch", f"must be a number of seconds from 0 (no watch) to {WATCH_MAX}, got "
+                                           f"{_kind(watch)}; e.g. watch: 30")
+        else:
+            deploy["watch"] = watch
+    share = raw.get("max_error_share")
+    if share is not None:
+        if not _is_number(share) or not 0 <= share <= 1:
+            problems.add(f"{where}.max_error_share", f"must be a share of requests from 0 to 1 (0.01 is 1%), got "
+                                                     f"{_kind(share)}; e.g. max_error_share: 0.01")
+        else:
+            deploy["max_error_share"] = share
+    p99 = raw.get("max_p99_ms")
+    if p99 is not None:
+        if not _is_number(p99) or not 0 < p99 < float("inf"):
+            problems.add(f"{where}.max_p99_ms", f"must be a number of milliseconds above 0, or null (latency not "
+                                                f"judged), got {_kind(p99)}; e.g. max_p99_ms: 500")
+        else:
+            deploy["max_p99_ms"] = p99
+    deploy["min_requests"] = _integer(f"{where}.min_requests", raw.get("min_requests"), problems,
+                                      DEPLOY_DEFAULTS["min_requests"], 1, 1_000_000, example="min_requests: 100")
+    return deploy
+
+
 def _release(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     where = f"{name}.release"
     example = 'release: {version: "1.0.0", archive: /srv/releases/app-{version}.tar.gz}'
@@ -730,6 +773,7 @@ def _service(name: str, raw: Any, groups: Mapping[str, Any], problems: _Problems
         "nginx": _nginx(name, raw.get("nginx"), problems),
         "drain_timeout": _integer(f"{name}.drain_timeout", raw.get("drain_timeout"), problems, 30, 1),
         "user": _string(f"{name}.user", raw.get("user"), problems, "user: fleet", "fleet"),
+        "deploy": _deploy(name, raw.get("deploy"), problems),
         "hosts": hosts,
         # One host requests the certificate of names served by many (certbot, nginx).
         "certificate_issuer": hosts[0] if hosts else None,

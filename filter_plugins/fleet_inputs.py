@@ -19,7 +19,10 @@ SECONDS_INPUTS = {
     "health_interval": (0.0, False),
     "health_start_grace": (0.0, True),
     "drain_timeout": (0.0, False),
+    "watch": (0.0, True),
 }
+# Upper bounds of those that have one (the catalog's deploy.watch has the same).
+SECONDS_MAX = {"watch": 600.0}
 _SECONDS_RE = re.compile(r"[0-9]+(\.[0-9]+)?")
 # What a failed host does to the hosts the run already moved (deploy role, deploy_on_failure).
 ON_FAILURE = ("halt", "revert_all")
@@ -31,7 +34,7 @@ short_description: What is wrong with a deploy's extra vars
 description:
   - Checks C(batch_size) (see P(fleet_batch_ramp#filter)), C(on_failure) (C(halt) or C(revert_all)) and
     the durations in seconds (C(health_timeout), C(health_interval), C(drain_timeout) above 0;
-    C(health_start_grace) 0 or more).
+    C(health_start_grace) 0 or more; C(watch) from 0, no watch, to 600).
   - Empty or missing values are fine (the catalog's settings apply).
   - Returns one line per problem, naming the extra var and the fix; an empty list when all is well.
 options:
@@ -227,6 +230,8 @@ def fleet_deploy_input_problems(inputs: Any) -> list[str]:
         elif float(text) < least or (float(text) == least and not least_allowed):
             problems.append(f"{name} must be {'at least' if least_allowed else 'more than'} {least:g} seconds; "
                             f"got '{value}'.")
+        elif name in SECONDS_MAX and float(text) > SECONDS_MAX[name]:
+            problems.append(f"{name} must be at most {SECONDS_MAX[name]:g} seconds; got '{value}'.")
     return problems
 
 

@@ -78,6 +78,9 @@ options:
       start_grace: {type: float, description: Seconds before the first health poll.}
   drain_timeout: {type: float, description: Overrides the catalog's drain_timeout.}
   verify_timeout: {type: float, default: 15, description: How long nginx may take to serve the new slot.}
+  watch: {type: float, description: "Overrides the catalog's C(deploy.watch): seconds the new slot is watched after
+      the switch (its health, the service's 5xx share and p99 through nginx) while the old slot still runs; a
+      breach switches traffic back and marks the release bad on the host. 0: no watch."}
   audit_log: {type: path, default: /var/log/fleet/deploy.log, description: One JSON line per run and host.}
   halt_after: {type: str, choices: [start, switch, record, drain], description: "Drill only. Freeze the engine
       after this phase, as if the controller died there."}
@@ -104,7 +107,10 @@ result: {type: str, description: "run: ok, failed or unchanged. converge: instal
     repaired, move needed, unchanged or failed."}
 message: {type: str, description: What happened, or what failed and where traffic is.}
 phase: {type: str, description: The phase that failed (or ran last).}
-durations: {type: dict, description: Seconds per phase (start, health_gate, switch, verify, record, drain).}
+durations: {type: dict, description: Seconds per phase (start, health_gate, switch, verify, watch, record, drain).}
+watch: {type: dict, description: "run, converge: what the watch saw (seconds, requests, errors, p99_ms, polls,
+    health_failed, judged_on, metrics_error) and, on a breach, why (breach) and the seconds from the switch
+    to traffic back on the old slot (revert_s); empty when there was no watch."}
 reconciled: {type: str, description: An interrupted move found and what was done about it.}
 state: {type: dict, description: The service's deploy state after the call.}
 staged: {type: bool, description: "plan: whether O(release) is unpacked on the host."}
@@ -128,9 +134,20 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-# host (imported by engine) and metrics (by status) are named here because Mitogen ships just the
+# host and watch (imported by engine) and metrics (by status) are named here because Mitogen ships just the
 # module_utils a module names itself, not those its module_utils import relatively.
-from ansible.module_utils.fleet_slots import audit, engine, host, lock, maintenance, metrics, nginx, state, status  # noqa: F401
+from ansible.module_utils.fleet_slots import (  # noqa: F401
+    audit,
+    engine,
+    host,
+    lock,
+    maintenance,
+    metrics,
+    nginx,
+    state,
+    status,
+    watch,
+)
 
 
 def spec_of(p: dict) -> engine.Spec:
@@ -147,6 +164,7 @@ def spec_of(p: dict) -> engine.Spec:
         verify_url="http://127.0.0.1" + ("" if svc["nginx"]["server_names"] else location) + health["path"],
         verify_host=(svc["nginx"]["server_names"] or [None])[0], verify_timeout=p["verify_timeout"],
         keep=int(svc["release"]["keep"]),
+        watch=watch.limits_of(svc.get("deploy"), None if p["watch"] in (None, "") else float(p["watch"])),
         service_root=p["service_root"], state_dir=p["state_dir"], lock_dir=p["lock_dir"],
         control_socket=p["control_socket"], config_dir=p["config_dir"],
     )
@@ -209,6 +227,7 @@ def main() -> None:
                 "timeout": {"type": "float"}, "interval": {"type": "float"}, "start_grace": {"type": "float"}}},
             "drain_timeout": {"type": "float"},
             "verify_timeout": {"type": "float", "default": 15.0},
+            "watch": {"type": "float"},
             "audit_log": {"type": "path", "default": "/var/log/fleet/deploy.log"},
             "halt_after": {"type": "str", "choices": ["start", "switch", "record", "drain"]},
             "service_root": {"type": "path", "default": "/opt/fleet"},

@@ -177,12 +177,14 @@ def test_bad_input_fails_before_anything_changes(lab: Lab, tmp_path):
     assert no_release.returncode != 0 and "no release of main-api 7.7.7" in no_release.stdout
     # Checked before the health gate: a duration in the wrong unit must not mark a good release bad.
     durations = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", "version=1.1.0",
-                             "-e", "health_timeout=2m", "-e", "drain_timeout=0", "-e", "batch_size=1,0", check=False)
+                             "-e", "health_timeout=2m", "-e", "drain_timeout=0", "-e", "batch_size=1,0",
+                             "-e", "watch=900", check=False)
     assert durations.returncode != 0
     assert "health_timeout must be a number of seconds, e.g. health_timeout=120 for two minutes; got '2m'" in (
         flat(durations.stdout))
     assert "drain_timeout must be more than 0 seconds" in flat(durations.stdout)
     assert "'0' in '1,0' is none of those" in flat(durations.stdout)
+    assert "watch must be at most 600 seconds; got '900'" in flat(durations.stdout)
     catalog = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
     catalog["fleet_services"]["main-api"]["group"] = "web"
     override = tmp_path / "catalog.json"
@@ -241,6 +243,65 @@ def test_hot_deploy_under_load_drops_no_request(lab: Lab):
     assert failures(samples) == [], failures(samples)[:10]
     assert {s.version for s in samples} == set(versions.values()) | {target_release}
     assert all(served(lab, h, service)["version"] == target_release for h in lab.hosts)
+
+
+def test_a_release_failing_real_requests_is_switched_back_by_the_watch_and_the_rollout_halts(lab: Lab):
+    """4.0.0-flaky answers /health but every fifth other request with 500. Under load, host 1 (the
+    first in name order) is switched to it, its watch sees the 5xx through nginx and switches
+    traffic back to the old slot, still running; the release is marked bad there, the host fails
+    and the rollout halts: hosts 2 and 3 are never touched. The exposure is measured both on the
+    host (the engine's switch-to-revert time) and by the clients (answers of the bad release)."""
+    service, bad = "zapier-mcp", "4.0.0-flaky"
+    before = {h: state(lab, h, service) for h in lab.hosts}
+    audits = {h: [r for r in audit(lab, h) if r["service"] == service] for h in lab.hosts}
+    releases = {h: s["slots"][str(s["live_port"])]["release"] for h, s in before.items()}
+    live = before[HOST1]["live_port"]
+    idle = 9090 if live == 8090 else 8090
+    targets = [Target(h, lab.hosts[h], SERVER_NAME.format(service)) for h in sorted(lab.hosts)]
+    load = LoadGenerator(targets, total_rate=60, modes=("reuse-get", "reuse-post")).start()
+    time.sleep(1)
+    try:
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={bad}",
+                              "-e", "watch=5", "-e", "retry_bad_release=true", check=False)
+    finally:
+        time.sleep(1)
+        samples = load.stop()
+    message = flat(result.stdout)
+    assert result.returncode != 0, message[-3000:]
+    assert f"FAILED on {HOST1} in the watch step" in message, message[-3000:]
+    assert "breached its limits" in message and "answered 5xx" in message
+    assert f"switched back to slot {live}" in message and "release marked bad on this host" in message
+
+    # Host 1: traffic back on the old release and slot, the bad release marked and recorded.
+    first = state(lab, HOST1, service)
+    assert (first["live_port"], first["slots"][str(live)]["release"]) == (live, releases[HOST1]), first
+    assert bad in first["bad_releases"] and first["pending"] is None and str(idle) not in first["slots"]
+    assert served(lab, HOST1, service)["version"] == releases[HOST1]
+    assert lab.ssh(HOST1, f"systemctl is-active {service}@{idle}", check=False).stdout.strip() != "active"
+    assert lab.ssh(HOST1, f"systemctl is-active {service}@{live}", check=False).stdout.strip() == "active"
+    line = [r for r in audit(lab, HOST1) if r["service"] == service][-1]
+    assert (line["mode"], line["to_release"], line["result"], line["phase"]) == ("deploy", bad, "failed", "watch")
+    watched = line["watch"]
+    assert watched["breach"] and watched["errors"] >= 1 and watched["revert_s"] is not None
+
+    # The rollout halted: hosts 2 and 3 untouched.
+    for other in (HOST2, HOST3):
+        assert state(lab, other, service) == before[other]
+        assert [r for r in audit(lab, other) if r["service"] == service] == audits[other]
+        assert "not started" in summary_of(result.stdout).split(other, 1)[1].splitlines()[0]
+
+    # Exposure: what the clients got from the bad release, and for how long.
+    exposed = [s for s in samples if s.version == bad]
+    assert exposed and {s.host for s in exposed} == {HOST1}
+    window = max(s.t + s.latency for s in exposed) - min(s.t for s in exposed)
+    failed = failures(samples)
+    print(f"watch exposure on {HOST1}: {len(exposed)} client requests reached {bad} "
+          f"({sum(s.failed for s in exposed)} answered 5xx) within {window:.2f}s as the clients saw it; "
+          f"the engine switched back {watched['revert_s']:.2f}s after the switch ({watched['requests']} requests, "
+          f"{watched['errors']} 5xx through nginx: {watched['breach']}); load: {summarize(samples)}")
+    assert watched["revert_s"] < 5 and window < 5
+    # The only failures are the bad release's own 500s: switching there and back dropped nothing.
+    assert all(s.version == bad and s.status == 500 for s in failed), failed[:10]
 
 
 def other_release(current: str) -> str:

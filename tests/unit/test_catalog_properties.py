@@ -18,7 +18,13 @@ from ansible.errors import AnsibleFilterError
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 
-from filter_plugins.fleet_catalog import _control_char, _printable, fleet_exec_command, fleet_validated_catalog
+from filter_plugins.fleet_catalog import (
+    DEPLOY_DEFAULTS,
+    _control_char,
+    _printable,
+    fleet_exec_command,
+    fleet_validated_catalog,
+)
 
 GROUPS = {"fleet": ["h1", "h2"]}
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -135,8 +141,26 @@ def _nginx(draw: st.DrawFn, index: int, hostile: list[str]) -> dict[str, Any]:
             **({} if rate_limit is None and draw(st.booleans()) else {"rate_limit": rate_limit})}
 
 
+def _deploy(draw: st.DrawFn, hostile: bool) -> dict[str, Any] | None:
+    """The watch's section: any subset of its keys, or none at all; hostile: one key out of range."""
+    valid = draw(st.fixed_dictionaries({}, optional={
+        "watch": st.one_of(st.integers(0, 600), st.floats(0, 600)),
+        "max_error_share": st.one_of(st.just(0), st.just(1), st.floats(0, 1)),
+        "max_p99_ms": st.one_of(st.none(), st.integers(1, 10_000), st.floats(0.5, 1e6)),
+        "min_requests": st.integers(1, 1_000_000)}))
+    if not hostile:
+        return draw(st.sampled_from([None, valid]))
+    key, value = draw(st.sampled_from([
+        ("watch", -1), ("watch", 601), ("watch", "30"), ("watch", "30s"), ("watch", True), ("watch", float("nan")),
+        ("max_error_share", 1.5), ("max_error_share", -0.1), ("max_error_share", "1%"),
+        ("max_p99_ms", 0), ("max_p99_ms", -5), ("max_p99_ms", "100ms"), ("max_p99_ms", float("inf")),
+        ("min_requests", 0), ("min_requests", 2.5), ("min_requests", "100"), ("min_requests", False),
+        ("watch_seconds", 30)]))
+    return {**valid, key: value}
+
+
 FIELDS = ("name", "description", "health.path", "health.body", "release", "command", "environment",
-          "nginx.server_names", "nginx.location", "nginx.rate_limit", "user")
+          "nginx.server_names", "nginx.location", "nginx.rate_limit", "user", "deploy")
 
 
 @st.composite
@@ -172,6 +196,9 @@ def generated_catalogs(draw: st.DrawFn) -> Generated:
             "nginx": _nginx(draw, index, hostile),
             "user": _inserted(draw, user, ("\n", " ", "A", ";", "$", ".")) if "user" in hostile else user,
         }
+        deploy = _deploy(draw, "deploy" in hostile)
+        if deploy is not None:
+            generated.services[name]["deploy"] = deploy
         # Where the problem of each hostile value is reported.
         for name_of_field in hostile:
             if name_of_field == "name":
@@ -182,6 +209,8 @@ def generated_catalogs(draw: st.DrawFn) -> Generated:
             elif name_of_field == "nginx.rate_limit":  # the mapping, or the key in it that is wrong
                 generated.hostile.append((f"fleet_services.{where}.nginx.rate_limit:",
                                           f"fleet_services.{where}.nginx.rate_limit.",))
+            elif name_of_field == "deploy":  # the key in it that is wrong
+                generated.hostile.append((f"fleet_services.{where}.deploy.",))
             elif name_of_field == "release":
                 generated.hostile.append(tuple(f"fleet_services.{where}.release.{key}:"
                                                for key in ("archive", "sha256", "version")))
@@ -260,3 +289,4 @@ def test_generated_catalog_is_refused_naming_each_hostile_field_or_accepted(gene
         assert service["nginx"]["rate_limit"] == (None if given is None else {
             "rate": given["rate"], "burst": given.get("burst", given["rate"]),
             "zone": "fleet_rate_" + name.replace("-", "_")})
+        assert service["deploy"] == {**DEPLOY_DEFAULTS, **(generated.services[name].get("deploy") or {})}

@@ -24,3 +24,10 @@ def test_hosts_put_back_by_revert_all_count_as_on_the_previous_release() -> None
 def test_a_deployed_host_is_on_the_new_release() -> None:
     assert summary_lines({"h1": entry("ok")}, unreachable=set())[-2:] == ["on 1.1.0: h1",
                                                                           "still on the previous release: none"]
+
+
+def test_a_deployed_host_says_what_its_watch_saw() -> None:
+    watched = {"seconds": 30.04, "requests": 612, "errors": 0, "p99_ms": 41.5, "breach": ""}
+    lines = summary_lines({"h1": entry("ok", watch=watched), "h2": entry("ok", watch={})}, unreachable=set())
+    assert lines[0].endswith("deployed (watched 30.0s: 612 requests, 0 5xx, p99 42 ms)")
+    assert lines[1].endswith("deployed")

@@ -115,6 +115,7 @@ def test_defaults_are_filled_in() -> None:
     assert svc["nginx"] == {"server_names": ["api.test"], "location": "/", "rate_limit": None,
                             "maintenance_page": ""}
     assert svc["drain_timeout"] == 30
+    assert svc["deploy"] == {"watch": 30, "max_error_share": 0.01, "max_p99_ms": None, "min_requests": 100}
     assert svc["user"] == "fleet"
     assert svc["hosts"] == ["h1", "h2"]
 
@@ -256,7 +257,7 @@ def test_group_without_hosts() -> None:
 
 def test_unknown_service_key() -> None:
     problem(with_change("main-api", "ports", 1), "fleet_services.main-api.ports:",
-            "unknown key 'ports'", "did you mean 'port'?", "allowed keys are: command, description")
+            "unknown key 'ports'", "did you mean 'port'?", "allowed keys are: command, deploy, description")
 
 
 @pytest.mark.parametrize(("section", "key"),
@@ -422,6 +423,39 @@ def test_no_environment_value_is_in_the_catalog_or_in_a_message() -> None:
 def test_bad_drain_timeout(timeout: Any) -> None:
     problem(with_change("main-api", "drain_timeout", timeout), "fleet_services.main-api.drain_timeout:",
             "at least 1")
+
+
+def test_deploy_section_given_values_are_kept_and_the_rest_filled_in() -> None:
+    services = with_change("main-api", "deploy", {"watch": 2.5, "max_p99_ms": 250})
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["deploy"] == {
+        "watch": 2.5, "max_error_share": 0.01, "max_p99_ms": 250, "min_requests": 100}
+    services = with_change("main-api", "deploy", {"watch": 0, "max_error_share": 0, "max_p99_ms": None,
+                                                  "min_requests": 1})
+    assert fleet_validated_catalog(services, GROUPS)["main-api"]["deploy"] == {
+        "watch": 0, "max_error_share": 0, "max_p99_ms": None, "min_requests": 1}
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("watch", -1, "from 0 (no watch) to 600"),
+    ("watch", 601, "from 0 (no watch) to 600"),
+    ("watch", "30s", "got a string ('30s')"),
+    ("watch", True, "got a boolean"),
+    ("max_error_share", 1.5, "from 0 to 1 (0.01 is 1%)"),
+    ("max_error_share", "1%", "from 0 to 1 (0.01 is 1%)"),
+    ("max_p99_ms", 0, "above 0, or null"),
+    ("max_p99_ms", "100ms", "above 0, or null"),
+    ("max_p99_ms", float("inf"), "above 0, or null"),
+    ("min_requests", 0, "between 1 and 1000000"),
+    ("min_requests", 2.5, "whole number"),
+    ("wach", 30, "unknown key 'wach' (did you mean 'watch'?)"),
+])
+def test_bad_deploy_section(key: str, value: Any, fragment: str) -> None:
+    problem(with_change("main-api", "deploy", {key: value}), f"fleet_services.main-api.deploy.{key}:", fragment)
+
+
+def test_deploy_section_must_be_a_mapping() -> None:
+    problem(with_change("main-api", "deploy", 30), "fleet_services.main-api.deploy:", "must be a mapping",
+            "deploy: {watch: 30")
 
 
 @pytest.mark.parametrize("user", ["Root User", 0, "fleet\n", "a" * 33])

@@ -32,6 +32,7 @@ def test_a_bad_batch_size_is_named_with_the_forms_it_may_take(given: str) -> Non
 @pytest.mark.parametrize(("name", "value"), [
     ("health_timeout", "2m"), ("health_timeout", "0"), ("health_interval", "-1"), ("health_interval", "0.0"),
     ("health_start_grace", "soon"), ("drain_timeout", "30s"), ("drain_timeout", "1e3"), ("health_timeout", True),
+    ("watch", "-1"), ("watch", "2s"), ("watch", "601"), ("watch", "off"),
 ])
 def test_a_bad_duration_names_the_extra_var(name: str, value: Any) -> None:
     [problem] = fleet_deploy_input_problems({name: value})
@@ -42,9 +43,16 @@ def test_a_bad_duration_names_the_extra_var(name: str, value: Any) -> None:
 @pytest.mark.parametrize(("name", "value"), [
     ("health_timeout", "120"), ("health_timeout", 0.5), ("health_interval", "0.05"), ("health_start_grace", "0"),
     ("drain_timeout", 30), ("drain_timeout", ""), ("health_timeout", None),
+    ("watch", "0"), ("watch", 0), ("watch", "2.5"), ("watch", "600"), ("watch", ""),
 ])
 def test_good_or_missing_durations_pass(name: str, value: Any) -> None:
     assert fleet_deploy_input_problems({name: value}) == []
+
+
+def test_a_watch_out_of_range_says_the_range() -> None:
+    assert fleet_deploy_input_problems({"watch": "900"}) == ["watch must be at most 600 seconds; got '900'."]
+    assert fleet_deploy_input_problems({"watch": "-1"}) == [
+        "watch must be a number of seconds, e.g. watch=120 for two minutes; got '-1'."]
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -1,7 +1,12 @@
 """One slot switch of one service on this host, as a single transaction, and its recovery.
 
     preflight -> start idle slot -> health gate -> journal -> switch -> verify through nginx
-              -> record -> boot enablement -> drain and stop the old slot
+              -> watch (the old slot still runs) -> record -> boot enablement -> drain and stop the old slot
+
+The watch (fleet_slots.watch, the catalog's `deploy` section) judges the new slot on its health
+and the service's real traffic through nginx for a few seconds after the switch; a breach switches
+traffic straight back to the old slot, which still runs, and the move fails like a failed verify:
+the new slot is stopped and the release marked bad on this host.
 
 Each slot has its own environment file (<config_dir>/<service>/<port>.env): the new slot starts
 with the live slot's configuration (deploy, rollback, restart) or with a new one (reconfigure,
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import host, lock, nginx, state
+from . import watch as watching
 from .state import Move, State
 
 HALT_POINTS = ("start", "switch", "record", "drain")
@@ -56,6 +62,7 @@ class Spec:
     lock_dir: str = lock.LOCK_DIR
     control_socket: str = nginx.CONTROL_SOCKET
     config_dir: str = "/etc/fleet"
+    watch: watching.Limits = field(default_factory=watching.Limits)  # seconds 0: no watch
 
     def env_file(self, port: int) -> Path:
         return Path(self.config_dir) / self.service / f"{port}.env"
@@ -103,6 +110,7 @@ class Outcome:
     durations: dict[str, float] = field(default_factory=dict)
     reconciled: str = ""
     broke_lock: dict[str, Any] = field(default_factory=dict)
+    watch: dict[str, Any] = field(default_factory=dict)  # watching.Figures.as_dict(); {} when not watched
 
 
 class Clock:
@@ -165,6 +173,39 @@ def gate(spec: Spec, port: int) -> None:
         raise Failed("health gate", (
             f"port {port} answered, but not from {unit} ({host.unit_active(unit)}): listeners "
             + (", ".join(f"PID {p.pid} ({p.command}) in {p.unit or 'no unit'}" for p in owners) or "none")))
+
+
+def _metrics_baseline(spec: Spec) -> dict[str, Any] | None:
+    """nginx's request figures of the service just before the switch (None when unreadable)."""
+    try:
+        return nginx.metrics(spec.service, window=10, control_socket=spec.control_socket)
+    except (nginx.NginxControlError, ValueError):
+        return None
+
+
+def _seen(figures: watching.Figures) -> str:
+    p99 = "" if figures.p99_ms is None else f", p99 {figures.p99_ms:.0f} ms"
+    return (f"{figures.requests} requests, {figures.errors} 5xx{p99} through nginx, "
+            f"{figures.health_failed} of {figures.polls} health polls failed; judged on {figures.judged_on}")
+
+
+def watch_new_slot(spec: Spec, current: State, port: int, baseline: dict[str, Any] | None,
+                   switched_at: float) -> watching.Figures:
+    """Watch the new slot for spec.watch.seconds after the switch; on a breach, switch traffic
+    back to the old slot at once (it still runs) and return the figures with `revert_s`."""
+    from_port = current.pending.from_port if current.pending else current.live_port
+    unit = host.unit_of(spec.service, port)
+    url = f"http://127.0.0.1:{port}{spec.health_path}"
+    figures = watching.watch(
+        spec.watch, service=spec.service,
+        healthy=lambda: spec.passes(host.get(url, timeout=max(0.5, spec.watch.interval * 4))),
+        unit_active=lambda: host.unit_active(unit) == "active",
+        read_metrics=lambda: nginx.metrics(spec.service, window=10, control_socket=spec.control_socket),
+        baseline=baseline, switched_at=switched_at, judge_traffic=current.maintenance is None)
+    if figures.breach:
+        nginx.switch(spec.service, from_port, spec.control_socket)
+        figures.revert_s = time.monotonic() - switched_at
+    return figures
 
 
 def verify(spec: Spec, port: int) -> None:
@@ -239,7 +280,9 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         clock.lap("health_gate")
 
         outcome.phase = "switch"
+        baseline = _metrics_baseline(spec) if spec.watch.seconds > 0 else None
         nginx.switch(spec.service, idle, spec.control_socket)
+        switched_at = time.monotonic()
         current.advance("switched")
         state.save(current, spec.state_dir)
         clock.lap("switch")
@@ -248,6 +291,17 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         outcome.phase = "verify"
         verify(spec, idle)
         clock.lap("verify")
+
+        if spec.watch.seconds > 0:
+            outcome.phase = "watch"
+            figures = watch_new_slot(spec, current, idle, baseline, switched_at)
+            outcome.watch = figures.as_dict()
+            clock.lap("watch")
+            if figures.breach:
+                raise Failed("watch", (
+                    f"watch: {to_release} on slot {idle} breached its limits {figures.seconds:.2f}s after the "
+                    f"switch: {figures.breach} ({_seen(figures)}); traffic was switched back to slot {from_port} "
+                    f"{figures.revert_s:.2f}s after the switch"))
 
         outcome.phase = "record"
         current.commit()
@@ -326,7 +380,7 @@ def undo(spec: Spec, current: State, phase: str) -> str:
         return (f"Traffic is on {move_.to_release} (slot {move_.to_port}); the old slot "
                 f"{move_.from_port} needs a look, the next run finishes the move.")
     notes = []
-    if move_.phase == "switched" or phase in ("switch", "verify"):
+    if move_.phase == "switched" or phase in ("switch", "verify", "watch"):
         try:
             nginx.switch(spec.service, move_.from_port, spec.control_socket)
         except nginx.NginxControlError as err:
@@ -335,7 +389,7 @@ def undo(spec: Spec, current: State, phase: str) -> str:
     host.systemctl("reset-failed", new_unit, check=False)
     spec.slot_link(move_.to_port).unlink(missing_ok=True)
     spec.env_file(move_.to_port).unlink(missing_ok=True)
-    bad = phase in ("health gate", "verify")
+    bad = phase in ("health gate", "verify", "watch")
     current.abandon(bad=bad)
     state.save(current, spec.state_dir)
     return " ".join([f"Traffic stays on {move_.from_release} (slot {move_.from_port})"
@@ -467,7 +521,8 @@ def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owne
         return live
     if target in current.bad_releases and not retry_bad_release:
         live.result, live.phase = "failed", "plan"
-        live.message = (f"{spec.service} {target} was marked bad on this host (it failed its health gate); "
+        live.message = (f"{spec.service} {target} was marked bad on this host (it failed its health gate, "
+                        "verification or watch); "
                         "pass -e retry_bad_release=true to try it again")
         return live
     outcome = move(spec, current, target, mode, deploy_id, owner, halt_after)
@@ -664,6 +719,8 @@ def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id:
         "phase": outcome.phase, "message": outcome.message, "seconds": round(time.time() - started, 3),
         "durations": outcome.durations, "broke_lock": outcome.broke_lock, "reconciled": outcome.reconciled,
     }
+    if outcome.watch:
+        line["watch"] = outcome.watch
     line.update(extra or {})
     data = memoryview((json.dumps(line, sort_keys=True) + "\n").encode("utf-8"))
     Path(path).parent.mkdir(parents=True, exist_ok=True)

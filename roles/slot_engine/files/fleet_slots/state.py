@@ -10,7 +10,7 @@ engine, the Ansible module, the local fact, the health checker, the benchmark) g
       "slots": {"8010": {"release": "1.0.0", "since": "...", "released": "...", "config": "<sha256>"}, ...},
       "history": ["1.0.0", "1.1.0"],           # releases that were live, oldest first (last 10)
       "last_good_release": "1.0.0",            # history[-2]: what a rollback returns to
-      "bad_releases": ["9.9.9"],               # failed their health gate here
+      "bad_releases": ["9.9.9"],               # failed their health gate, verification or watch here
       "last_deploy": "main-api-2026...",       # deploy id of the last completed move
       "pending": null | {...},                 # the journal of a move in progress
       "maintenance": null | {"since": "...", "by": "alice@laptop", "reason": "...", "retry_after": 600}
