@@ -55,7 +55,7 @@ lint: venv
 
 # The scenarios test different roles on guests of their own, so they run in two streams, the
 # longest scenarios (default, certbot) at the head of each.
-MOLECULE_STREAMS := default,backup,logrotate certbot,health_check,ufw
+MOLECULE_STREAMS := default,logrotate,ufw certbot,backup,health_check
 
 molecule: deps
 	python3 -m lab build
