@@ -38,6 +38,15 @@ HEALTH_DEFAULTS: dict[str, Any] = {
 DEPLOY_DEFAULTS: dict[str, Any] = {"watch": 30, "max_error_share": 0.01, "max_p99_ms": None, "min_requests": 100}
 # A longer observation is a canary's job, and the deploy lock is held all along.
 WATCH_MAX = 600
+# The deploy's hooks (deploy.pre_deploy, deploy.smoke, deploy.notify): none by default.
+HOOK_KEYS = ("pre_deploy", "smoke", "notify")
+PRE_DEPLOY_KEYS = ("command", "timeout", "backup")
+PRE_DEPLOY_TIMEOUT = 300  # seconds a pre_deploy command may run, by default
+PRE_DEPLOY_TIMEOUT_MAX = 3600
+SMOKE_KEYS = ("method", "path", "status", "body")
+SMOKE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+SMOKE_MAX = 20  # checks per service: each runs twice per host, before and after the switch
+NOTIFY_KEYS = ("webhook",)
 # Set by the unit template for each slot; EnvironmentFile= would win over them.
 RESERVED_ENVIRONMENT = ("FLEET_SERVICE", "FLEET_SLOT_PORT")
 RELEASE_KEYS = ("version", "archive", "sha256", "keep")
@@ -110,6 +119,14 @@ description:
     none; default 30), C(max_error_share) (0 to 1, default 0.01), C(max_p99_ms) (milliseconds above 0, or null,
     the default, for latency not judged) and C(min_requests) (a whole number from 1, default 100); all are
     filled in.
+  - C(deploy) also holds the deploy's hooks, none by default. C(pre_deploy) - C(command) (one line, run by
+    C(/bin/sh -c) once per deploy before the first switch, in the new release's directory, as the service's
+    user, with its environment file), C(timeout) (seconds, 1 to 3600, default 300) and C(backup) (true runs the
+    backup role's job on the service's hosts first); at least one of C(command) and C(backup). C(smoke) - a
+    list (at most 20) of C(method) (default GET), C(path), C(status) (default 200) and C(body) (a text the
+    answer must contain; optional), checked against each host's new slot before its switch and through nginx
+    after it. C(notify) - C(webhook), an http(s) URL the deploy's events are posted to; a secret, so the result
+    holds only V(webhook_set) and the deploy reads the URL from O(fleet_services).
   - C(nginx.maintenance_page) is optional, the HTML nginx answers with (503) while the service is
     in maintenance (maintenance.yml), at most 65536 characters, no control characters but tab,
     newline and carriage return; absent, the result holds an empty string and the nginx role writes
@@ -510,7 +527,7 @@ def _deploy(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     """The watch after each host's switch: how long, and the limits whose breach reverts the host."""
     where = f"{name}.deploy"
     raw = _mapping(where, value, problems, "deploy: {watch: 30, max_error_share: 0.01}")
-    _check_keys(where, raw, DEPLOY_DEFAULTS, problems)
+    _check_keys(where, raw, [*DEPLOY_DEFAULTS, *HOOK_KEYS], problems)
     deploy = dict(DEPLOY_DEFAULTS)
     watch = raw.get("watch")
     if watch is not None:
@@ -535,7 +552,94 @@ def _deploy(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
             deploy["max_p99_ms"] = p99
     deploy["min_requests"] = _integer(f"{where}.min_requests", raw.get("min_requests"), problems,
                                       DEPLOY_DEFAULTS["min_requests"], 1, 1_000_000, example="min_requests: 100")
+    deploy["pre_deploy"] = _pre_deploy(where, raw.get("pre_deploy"), problems)
+    deploy["smoke"] = _smoke(where, raw.get("smoke"), problems)
+    deploy["notify"] = _notify(where, raw.get("notify"), problems)
     return deploy
+
+
+def _pre_deploy(where: str, value: Any, problems: _Problems) -> dict[str, Any]:
+    """Run once per deploy before the first host's switch: a command in the new release and/or a backup."""
+    where = f"{where}.pre_deploy"
+    example = "pre_deploy: {command: ./manage.py migrate, timeout: 300, backup: true}"
+    raw = _mapping(where, value, problems, example)
+    _check_keys(where, raw, PRE_DEPLOY_KEYS, problems)
+    hook: dict[str, Any] = {"command": "", "timeout": PRE_DEPLOY_TIMEOUT, "backup": False}
+    if raw.get("command") is not None:
+        hook["command"] = _text(f"{where}.command", raw.get("command"), problems, "command: ./manage.py migrate")
+    hook["timeout"] = _integer(f"{where}.timeout", raw.get("timeout"), problems, PRE_DEPLOY_TIMEOUT, 1,
+                               PRE_DEPLOY_TIMEOUT_MAX, example="timeout: 300 (seconds, unquoted)")
+    backup = raw.get("backup")
+    if backup is not None and not isinstance(backup, bool):
+        problems.add(f"{where}.backup", f"must be true or false, got {_kind(backup)}; e.g. backup: true (the "
+                                        "backup role's job runs on the service's hosts before the first switch)")
+    elif backup is not None:
+        hook["backup"] = backup
+    if isinstance(value, Mapping) and "command" not in raw and backup is None:
+        problems.add(where, f"says nothing to run: give it a command, backup: true or both; e.g. {example}")
+    return hook
+
+
+def _smoke(where: str, value: Any, problems: _Problems) -> list[dict[str, Any]]:
+    """Requests each host's new slot must answer as expected, before its switch and through nginx after it."""
+    where = f"{where}.smoke"
+    example = "smoke: [{method: GET, path: /api/ping, status: 200, body: pong}]"
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        problems.add(where, f"must be a list of checks, got {_kind(value)}; e.g. {example}")
+        return []
+    if len(value) > SMOKE_MAX:
+        problems.add(where, f"has {len(value)} checks, more than {SMOKE_MAX}: each runs on every host before and "
+                            "after its switch; keep the few that prove the release works")
+        return []
+    checks = []
+    for index, entry in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(entry, Mapping):
+            problems.add(at, f"must be a mapping, got {_kind(entry)}; e.g. {{method: GET, path: /api/ping, "
+                             "status: 200, body: pong}")
+            continue
+        _check_keys(at, entry, SMOKE_KEYS, problems)
+        method = _string(f"{at}.method", entry.get("method"), problems, "method: GET", "GET")
+        if method.upper() not in SMOKE_METHODS:
+            problems.add(f"{at}.method", f"'{method}' is not one of {', '.join(SMOKE_METHODS)}; e.g. method: GET")
+        path = _string(f"{at}.path", entry.get("path"), problems, "path: /api/ping")
+        if path and not _HEALTH_PATH_RE.fullmatch(path):
+            problems.add(f"{at}.path", f"'{path}' must start with '/' and hold only URL characters (no spaces; "
+                                       "escape others as %XX); e.g. path: /api/ping")
+        status = _integer(f"{at}.status", entry.get("status"), problems, 200, 100, 599,
+                          example="status: 200 (unquoted)")
+        body = ""
+        if entry.get("body") is not None:
+            body = _text(f"{at}.body", entry.get("body"), problems, "body: pong (a text the answer must contain)")
+        checks.append({"method": method.upper(), "path": path, "status": status, "body": body})
+    return checks
+
+
+def _notify(where: str, value: Any, problems: _Problems) -> dict[str, Any]:
+    """Where the deploy's events go. The URL itself is a secret (a Slack webhook's path is its key), so,
+    as environment values, it is checked but not returned: the deploy reads it from fleet_services."""
+    where = f"{where}.notify"
+    example = "notify: {webhook: \"{{ vault_deploy_webhook_url }}\"}"
+    raw = _mapping(where, value, problems, example)
+    _check_keys(where, raw, NOTIFY_KEYS, problems)
+    url = raw.get("webhook")
+    if url is None or url == "":
+        return {"webhook_set": False}
+    if not isinstance(url, str) or not _webhook_url_ok(url):
+        # Not quoted back: a webhook URL is a secret.
+        shown = "a text that is not one (not shown: it may be a secret)" if isinstance(url, str) else _kind(url)
+        problems.add(f"{where}.webhook", f"must be an http:// or https:// URL with a host and no spaces, got {shown}; "
+                                         f"e.g. {example}")
+        return {"webhook_set": False}
+    return {"webhook_set": True}
+
+
+def _webhook_url_ok(url: str) -> bool:
+    parsed = urlparse(url)
+    return (parsed.scheme in ("http", "https") and bool(parsed.hostname) and _control_char(url) is None
+            and not any(c.isspace() for c in url))
 
 
 def _release(name: str, value: Any, problems: _Problems) -> dict[str, Any]:

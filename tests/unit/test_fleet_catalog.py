@@ -49,6 +49,11 @@ def example_catalog() -> dict[str, dict[str, Any]]:
     }
 
 
+# The deploy section's hooks when the catalog gives none.
+NO_HOOKS = {"pre_deploy": {"command": "", "timeout": 300, "backup": False}, "smoke": [],
+            "notify": {"webhook_set": False}}
+
+
 def problems(services: Any, groups: Any = None, **kwargs: Any) -> list[str]:
     """The problem lines fleet_validated_catalog raises for `services`."""
     with pytest.raises(AnsibleFilterError) as raised:
@@ -115,7 +120,8 @@ def test_defaults_are_filled_in() -> None:
     assert svc["nginx"] == {"server_names": ["api.test"], "location": "/", "rate_limit": None,
                             "maintenance_page": ""}
     assert svc["drain_timeout"] == 30
-    assert svc["deploy"] == {"watch": 30, "max_error_share": 0.01, "max_p99_ms": None, "min_requests": 100}
+    assert svc["deploy"] == {"watch": 30, "max_error_share": 0.01, "max_p99_ms": None, "min_requests": 100,
+                             **NO_HOOKS}
     assert svc["user"] == "fleet"
     assert svc["hosts"] == ["h1", "h2"]
 
@@ -428,11 +434,11 @@ def test_bad_drain_timeout(timeout: Any) -> None:
 def test_deploy_section_given_values_are_kept_and_the_rest_filled_in() -> None:
     services = with_change("main-api", "deploy", {"watch": 2.5, "max_p99_ms": 250})
     assert fleet_validated_catalog(services, GROUPS)["main-api"]["deploy"] == {
-        "watch": 2.5, "max_error_share": 0.01, "max_p99_ms": 250, "min_requests": 100}
+        "watch": 2.5, "max_error_share": 0.01, "max_p99_ms": 250, "min_requests": 100, **NO_HOOKS}
     services = with_change("main-api", "deploy", {"watch": 0, "max_error_share": 0, "max_p99_ms": None,
                                                   "min_requests": 1})
     assert fleet_validated_catalog(services, GROUPS)["main-api"]["deploy"] == {
-        "watch": 0, "max_error_share": 0, "max_p99_ms": None, "min_requests": 1}
+        "watch": 0, "max_error_share": 0, "max_p99_ms": None, "min_requests": 1, **NO_HOOKS}
 
 
 @pytest.mark.parametrize(("key", "value", "fragment"), [
@@ -451,6 +457,55 @@ def test_deploy_section_given_values_are_kept_and_the_rest_filled_in() -> None:
 ])
 def test_bad_deploy_section(key: str, value: Any, fragment: str) -> None:
     problem(with_change("main-api", "deploy", {key: value}), f"fleet_services.main-api.deploy.{key}:", fragment)
+
+
+def test_hooks_are_checked_and_filled_in_and_the_webhook_url_is_not_returned() -> None:
+    url = "https://hooks.example.com/services/T0/B0/secret"
+    services = with_change("main-api", "deploy", {
+        "pre_deploy": {"command": "./manage.py migrate --noinput", "backup": True},
+        "smoke": [{"path": "/api/ping", "body": "pong"}, {"method": "post", "path": "/api/echo?x=1", "status": 201}],
+        "notify": {"webhook": url}})
+    deploy = fleet_validated_catalog(services, GROUPS)["main-api"]["deploy"]
+    assert deploy["pre_deploy"] == {"command": "./manage.py migrate --noinput", "timeout": 300, "backup": True}
+    assert deploy["smoke"] == [{"method": "GET", "path": "/api/ping", "status": 200, "body": "pong"},
+                               {"method": "POST", "path": "/api/echo?x=1", "status": 201, "body": ""}]
+    assert deploy["notify"] == {"webhook_set": True}
+    assert url not in repr(fleet_validated_catalog(services, GROUPS))
+    backup_only = with_change("main-api", "deploy", {"pre_deploy": {"backup": True}, "notify": {"webhook": ""}})
+    deploy = fleet_validated_catalog(backup_only, GROUPS)["main-api"]["deploy"]
+    assert deploy["pre_deploy"]["command"] == "" and deploy["notify"] == {"webhook_set": False}
+
+
+@pytest.mark.parametrize(("hooks", "prefix", "fragment"), [
+    ({"pre_deploy": {}}, "deploy.pre_deploy:", "says nothing to run: give it a command, backup: true or both"),
+    ({"pre_deploy": "migrate"}, "deploy.pre_deploy:", "must be a mapping, got a string"),
+    ({"pre_deploy": {"command": "migrate", "timeout": "5m"}}, "deploy.pre_deploy.timeout:",
+     "whole number between 1 and 3600"),
+    ({"pre_deploy": {"command": "migrate", "timeout": 0}}, "deploy.pre_deploy.timeout:", "between 1 and 3600"),
+    ({"pre_deploy": {"command": "a\nb"}}, "deploy.pre_deploy.command:", "control character '\\n'"),
+    ({"pre_deploy": {"command": " "}}, "deploy.pre_deploy.command:", "must not be empty"),
+    ({"pre_deploy": {"backup": "yes"}}, "deploy.pre_deploy.backup:", "must be true or false, got a string"),
+    ({"pre_deploy": {"comand": "x"}}, "deploy.pre_deploy.comand:", "did you mean 'command'?"),
+    ({"smoke": {"path": "/"}}, "deploy.smoke:", "must be a list of checks"),
+    ({"smoke": [{"path": "/"}] * 21}, "deploy.smoke:", "more than 20"),
+    ({"smoke": ["/api/ping"]}, "deploy.smoke[0]:", "must be a mapping"),
+    ({"smoke": [{"method": "GET"}]}, "deploy.smoke[0].path:", "is required; e.g. path: /api/ping"),
+    ({"smoke": [{"path": "api/ping"}]}, "deploy.smoke[0].path:", "must start with '/'"),
+    ({"smoke": [{"path": "/a b"}]}, "deploy.smoke[0].path:", "no spaces"),
+    ({"smoke": [{"path": "/", "method": "FETCH"}]}, "deploy.smoke[0].method:", "is not one of GET, HEAD, POST"),
+    ({"smoke": [{"path": "/", "status": "200"}]}, "deploy.smoke[0].status:", "whole number between 100 and 599"),
+    ({"smoke": [{"path": "/", "status": 600}]}, "deploy.smoke[0].status:", "between 100 and 599"),
+    ({"smoke": [{"path": "/", "body": 5}]}, "deploy.smoke[0].body:", "must be a string"),
+    ({"smoke": [{"path": "/", "expect": 200}]}, "deploy.smoke[0].expect:", "allowed keys are: body, method"),
+    ({"notify": {"webhook": "ftp://hooks.example.com/x"}}, "deploy.notify.webhook:", "http:// or https:// URL"),
+    ({"notify": {"webhook": "https://"}}, "deploy.notify.webhook:", "with a host"),
+    ({"notify": {"webhook": 5}}, "deploy.notify.webhook:", "got an integer"),
+    ({"notify": {"url": "https://x.test"}}, "deploy.notify.url:", "allowed keys are: webhook"),
+    ({"notify": "https://x.test"}, "deploy.notify:", "must be a mapping"),
+])
+def test_bad_hooks_name_the_field(hooks: dict[str, Any], prefix: str, fragment: str) -> None:
+    line = problem(with_change("main-api", "deploy", hooks), f"fleet_services.main-api.{prefix}", fragment)
+    assert "secret" not in line or "not shown" in line  # a webhook URL is never quoted back
 
 
 def test_deploy_section_must_be_a_mapping() -> None:
