@@ -81,6 +81,10 @@ options:
   watch: {type: float, description: "Overrides the catalog's C(deploy.watch): seconds the new slot is watched after
       the switch (its health, the service's 5xx share and p99 through nginx) while the old slot still runs; a
       breach switches traffic back and marks the release bad on the host. 0: no watch."}
+  smoke: {type: list, elements: dict, description: "Overrides the catalog's C(deploy.smoke) (entries of method, path,
+      status, body; [] for none): requests the new slot must answer as expected, before the switch (a failure
+      aborts as a failed health gate does) and through nginx after it (a failure switches traffic back). A
+      failure marks the release bad on the host."}
   audit_log: {type: path, default: /var/log/fleet/deploy.log, description: One JSON line per run and host.}
   halt_after: {type: str, choices: [start, switch, record, drain], description: "Drill only. Freeze the engine
       after this phase, as if the controller died there."}
@@ -107,7 +111,8 @@ result: {type: str, description: "run: ok, failed or unchanged. converge: instal
     repaired, move needed, unchanged or failed."}
 message: {type: str, description: What happened, or what failed and where traffic is.}
 phase: {type: str, description: The phase that failed (or ran last).}
-durations: {type: dict, description: Seconds per phase (start, health_gate, switch, verify, watch, record, drain).}
+durations: {type: dict, description: "Seconds per phase (start, health_gate, smoke, switch, verify, smoke_nginx,
+    watch, record, drain)."}
 watch: {type: dict, description: "run, converge: what the watch saw (seconds, requests, errors, p99_ms, polls,
     health_failed, judged_on, metrics_error) and, on a breach, why (breach) and the seconds from the switch
     to traffic back on the old slot (revert_s); empty when there was no watch."}
@@ -144,6 +149,7 @@ from ansible.module_utils.fleet_slots import (  # noqa: F401
     maintenance,
     metrics,
     nginx,
+    smoke,
     state,
     status,
     watch,
@@ -165,6 +171,7 @@ def spec_of(p: dict) -> engine.Spec:
         verify_host=(svc["nginx"]["server_names"] or [None])[0], verify_timeout=p["verify_timeout"],
         keep=int(svc["release"]["keep"]),
         watch=watch.limits_of(svc.get("deploy"), None if p["watch"] in (None, "") else float(p["watch"])),
+        smoke=smoke.checks_of((svc.get("deploy") or {}).get("smoke") if p["smoke"] is None else p["smoke"]),
         service_root=p["service_root"], state_dir=p["state_dir"], lock_dir=p["lock_dir"],
         control_socket=p["control_socket"], config_dir=p["config_dir"],
     )
@@ -228,6 +235,7 @@ def main() -> None:
             "drain_timeout": {"type": "float"},
             "verify_timeout": {"type": "float", "default": 15.0},
             "watch": {"type": "float"},
+            "smoke": {"type": "list", "elements": "dict"},
             "audit_log": {"type": "path", "default": "/var/log/fleet/deploy.log"},
             "halt_after": {"type": "str", "choices": ["start", "switch", "record", "drain"]},
             "service_root": {"type": "path", "default": "/opt/fleet"},

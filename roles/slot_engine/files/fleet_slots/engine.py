@@ -1,7 +1,12 @@
 """One slot switch of one service on this host, as a single transaction, and its recovery.
 
-    preflight -> start idle slot -> health gate -> journal -> switch -> verify through nginx
-              -> watch (the old slot still runs) -> record -> boot enablement -> drain and stop the old slot
+    preflight -> start idle slot -> health gate -> smoke checks -> journal -> switch -> verify through nginx
+              -> smoke checks through nginx -> watch (the old slot still runs) -> record -> boot enablement
+              -> drain and stop the old slot
+
+The smoke checks (fleet_slots.smoke, the catalog's `deploy.smoke`) are requests the new release
+must answer as expected: a failure before the switch aborts like a failed health gate, after it
+like a failed verify; both mark the release bad on this host.
 
 The watch (fleet_slots.watch, the catalog's `deploy` section) judges the new slot on its health
 and the service's real traffic through nginx for a few seconds after the switch; a breach switches
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import host, lock, nginx, state
+from . import host, lock, nginx, smoke, state
 from . import watch as watching
 from .state import Move, State
 
@@ -63,6 +68,7 @@ class Spec:
     control_socket: str = nginx.CONTROL_SOCKET
     config_dir: str = "/etc/fleet"
     watch: watching.Limits = field(default_factory=watching.Limits)  # seconds 0: no watch
+    smoke: tuple[smoke.Check, ...] = ()  # the catalog's deploy.smoke; () for none
 
     def env_file(self, port: int) -> Path:
         return Path(self.config_dir) / self.service / f"{port}.env"
@@ -223,6 +229,17 @@ def verify(spec: Spec, port: int) -> None:
         time.sleep(0.05)
 
 
+def smoke_check(spec: Spec, port: int | None) -> None:
+    """The smoke checks against slot `port` directly, or through nginx (None) as verify does."""
+    if port is not None:
+        failure = smoke.first_failure(spec.smoke, f"http://127.0.0.1:{port}", f"against the new slot {port}")
+    else:
+        base = spec.verify_url[: len(spec.verify_url) - len(spec.health_path)]
+        failure = smoke.first_failure(spec.smoke, base, "through nginx", spec.verify_host)
+    if failure:
+        raise Failed("smoke", failure)
+
+
 def preflight(spec: Spec, current: State) -> int:
     """Check the host agrees with the state and clear the idle slot; returns the idle port."""
     routed = nginx.route(spec.service, spec.control_socket)
@@ -279,6 +296,11 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         state.save(current, spec.state_dir)
         clock.lap("health_gate")
 
+        if spec.smoke:
+            outcome.phase = "smoke"
+            smoke_check(spec, idle)
+            clock.lap("smoke")
+
         outcome.phase = "switch"
         baseline = _metrics_baseline(spec) if spec.watch.seconds > 0 else None
         nginx.switch(spec.service, idle, spec.control_socket)
@@ -291,6 +313,11 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         outcome.phase = "verify"
         verify(spec, idle)
         clock.lap("verify")
+
+        if spec.smoke:
+            outcome.phase = "smoke"
+            smoke_check(spec, None)
+            clock.lap("smoke_nginx")
 
         if spec.watch.seconds > 0:
             outcome.phase = "watch"
@@ -389,7 +416,7 @@ def undo(spec: Spec, current: State, phase: str) -> str:
     host.systemctl("reset-failed", new_unit, check=False)
     spec.slot_link(move_.to_port).unlink(missing_ok=True)
     spec.env_file(move_.to_port).unlink(missing_ok=True)
-    bad = phase in ("health gate", "verify", "watch")
+    bad = phase in ("health gate", "smoke", "verify", "watch")
     current.abandon(bad=bad)
     state.save(current, spec.state_dir)
     return " ".join([f"Traffic stays on {move_.from_release} (slot {move_.from_port})"
@@ -522,7 +549,7 @@ def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owne
     if target in current.bad_releases and not retry_bad_release:
         live.result, live.phase = "failed", "plan"
         live.message = (f"{spec.service} {target} was marked bad on this host (it failed its health gate, "
-                        "verification or watch); "
+                        "smoke checks, verification or watch); "
                         "pass -e retry_bad_release=true to try it again")
         return live
     outcome = move(spec, current, target, mode, deploy_id, owner, halt_after)

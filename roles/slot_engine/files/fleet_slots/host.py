@@ -92,11 +92,13 @@ class Probe:
         return f"status {self.status}; body: {self.body[:200]!r}" if self.status else f"no response ({self.error})"
 
 
-def get(url: str, host_header: str | None = None, timeout: float = 5.0) -> Probe:
+def get(url: str, host_header: str | None = None, timeout: float = 5.0, method: str = "GET") -> Probe:
+    """One request (GET unless `method` says otherwise), its status, the body's start and nginx's upstream."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        conn.request("GET", parts.path or "/", headers={"Host": host_header} if host_header else {})
+        conn.request(method, target, headers={"Host": host_header} if host_header else {})
         response = conn.getresponse()
         body = response.read(65536).decode("utf-8", "replace")
         return Probe(response.status, body, response.getheader("X-Fleet-Upstream", ""), "")
