@@ -4,6 +4,7 @@ traffic back); either marks the release bad on the host."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,16 @@ def test_a_failing_smoke_check_through_nginx_switches_traffic_back(fake_host: di
     after = state.load("app", fake_host["spec"].state_dir)
     assert after is not None and after.live_port == 8010 and "1.1.0" in after.bad_releases
 
+
+def test_the_audit_line_carries_the_release_archive_sha256(fake_host: dict[str, Any], tmp_path: Path) -> None:
+    spec = fake_host["spec"]
+    digest = "ab" * 32
+    (Path(spec.release_dir("1.1.0")) / ".fleet-release").write_text(json.dumps({"sha256": digest}))
+    log = tmp_path / "deploy.log"
+    outcome = engine.run(spec, mode="deploy", release="1.1.0", deploy_id="d1", owner="alice", hostname="web-1",
+                         lock_ttl=60, break_lock=False, audit_log=str(log))
+    assert outcome.result == "ok", outcome.message
+    line = json.loads(log.read_text().splitlines()[-1])
+    assert (line["to_release"], line["release_sha256"]) == ("1.1.0", digest)
+    assert engine.release_sha256(spec, "1.0.0") == ""  # a marker without the sum (an older unpack)
+    assert engine.release_sha256(spec, "7.7.7") == ""  # no such release

@@ -522,8 +522,19 @@ def run(spec: Spec, *, mode: str, release: str | None, deploy_id: str, owner: st
     finally:
         lock.release(spec.service, deploy_id, spec.lock_dir)
     if audit_log and outcome.result != "unchanged":
-        write_audit(audit_log, outcome, spec.service, mode, deploy_id, owner, hostname, started)
+        write_audit(audit_log, outcome, spec.service, mode, deploy_id, owner, hostname, started,
+                    extra={"release_sha256": release_sha256(spec, outcome.to_release)})
     return outcome
+
+
+def release_sha256(spec: Spec, release: str) -> str:
+    """The sha256 of the archive `release` was unpacked from, as its marker (.fleet-release) says;
+    '' when unknown (no such release, or unpacked before the marker recorded it)."""
+    try:
+        marker = json.loads((spec.release_dir(release) / ".fleet-release").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(marker.get("sha256") or "") if isinstance(marker, dict) and release else ""
 
 
 def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owner: str,
