@@ -4,14 +4,13 @@ without the URL's secret part and never raises."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.webhook_receiver import Webhook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,39 +27,23 @@ notify = load_module()
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[dict], list[int]]]:
-    """A webhook on loopback: records each JSON body; answers the status at the head of `statuses` (200 if empty)."""
-    received: list[dict] = []
-    statuses: list[int] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # http.server's name
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(statuses.pop(0) if statuses else 200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook/secret-key", received, statuses
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
 
 
-def test_a_post_delivers_the_json_body(receiver: tuple[str, list[dict], list[int]]) -> None:
-    url, received, _ = receiver
-    assert notify.post(url, {"event": "started", "service": "main-api"}, 5) == ""
-    assert received == [{"event": "started", "service": "main-api"}]
+def test_a_post_delivers_the_json_body(receiver: Webhook) -> None:
+    assert notify.post(receiver.url, {"event": "started", "service": "main-api"}, 5) == ""
+    assert receiver.events == [{"event": "started", "service": "main-api"}]
 
 
-def test_a_refusing_or_failing_webhook_is_an_error_string_without_the_secret(
-        receiver: tuple[str, list[dict], list[int]]) -> None:
-    url, _, statuses = receiver
-    statuses.append(500)
-    error = notify.post(url, {"event": "host"}, 5)
+def test_a_refusing_or_failing_webhook_is_an_error_string_without_the_secret() -> None:
+    refusing = Webhook(refuse_first=(500,))
+    try:
+        error = notify.post(refusing.url, {"event": "host"}, 5)
+    finally:
+        refusing.close()
     assert error.endswith("answered HTTP 500") and "secret-key" not in error
     refused = notify.post("http://127.0.0.1:9/hook/secret-key", {"event": "host"}, 2)
     assert refused.startswith("posting to http://127.0.0.1:9 failed: ConnectionRefusedError")
