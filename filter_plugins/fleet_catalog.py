@@ -704,6 +704,12 @@ def _sha256(where: str, value: Any, archive: str, problems: _Problems) -> str:
         if _control_char(value) is not None or any(c.isspace() for c in value):
             problems.add(f"{where}.sha256", "the checksum file's URL may hold no spaces or control characters")
             return ""
+        if archive and not archive.startswith("https://"):
+            # A file published beside an https archive; a path on the controller has none to fetch.
+            problems.add(f"{where}.sha256", f"'{value}' is the URL of a checksum file, which goes with an https "
+                                            f"archive; for the controller path '{archive}' give the archive's "
+                                            "64 hex digits (`sha256sum <archive>`), or leave sha256 out")
+            return ""
         return value
     if value is None:
         if archive.startswith("https://"):

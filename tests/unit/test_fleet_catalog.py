@@ -894,6 +894,13 @@ def test_release_checksum_may_be_the_checksum_file_of_every_version() -> None:
             "fleet_services.main-api.release.sha256:", "no spaces or control characters")
 
 
+def test_a_checksum_file_url_is_refused_for_an_archive_on_the_controller() -> None:
+    local = with_change("main-api", "release", {"version": "1.0.0", "archive": "/srv/releases/main-api.tar.gz",
+                                                "sha256": "https://r.test/a/main-api-{version}.tar.gz.sha256"})
+    problem(local, "fleet_services.main-api.release.sha256:", "goes with an https archive",
+            "give the archive's 64 hex digits")
+
+
 # --------------------------------------------------------------------------- nginx.maintenance_page
 
 def test_a_maintenance_page_is_kept_as_written() -> None:
