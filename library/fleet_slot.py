@@ -300,21 +300,16 @@ def main() -> None:
             changed = outcome.result not in ("unchanged", "move needed", "failed") or bool(outcome.reconciled)
         elif module.check_mode:
             module.exit_json(changed=False, skipped=True, msg="check mode: nothing moved")
-        elif p["action"] == "canary":
-            if not 0 <= p["weight"] <= 99:
-                module.fail_json(msg=f"weight must be from 0 (take the canary back) to 99 percent, not {p['weight']}")
-            outcome = engine.canary(
-                spec, release=p["release"], weight=p["weight"], deploy_id=p["deploy_id"], owner=p["owner"],
-                hostname=p["hostname"], lock_ttl=p["lock_ttl"], break_lock=p["break_lock"],
-                audit_log=p["audit_log"], retry_bad_release=p["retry_bad_release"], halt_after=p["halt_after"],
-                lock_wait=p["lock_wait"])
-            changed = outcome.result == "ok"
         else:
-            outcome = engine.run(
-                spec, mode=p["mode"], release=p["release"], deploy_id=p["deploy_id"], owner=p["owner"],
-                hostname=p["hostname"], lock_ttl=p["lock_ttl"], break_lock=p["break_lock"],
-                audit_log=p["audit_log"], retry_bad_release=p["retry_bad_release"], halt_after=p["halt_after"],
-                lock_wait=p["lock_wait"])
+            common = {k: p[k] for k in ("release", "deploy_id", "owner", "hostname", "lock_ttl", "break_lock",
+                                        "audit_log", "retry_bad_release", "halt_after", "lock_wait")}
+            if p["action"] == "canary":
+                if not 0 <= p["weight"] <= 99:
+                    module.fail_json(msg=f"weight must be from 0 (take the canary back) to 99 percent, "
+                                         f"not {p['weight']}")
+                outcome = engine.canary(spec, weight=p["weight"], **common)
+            else:
+                outcome = engine.run(spec, mode=p["mode"], **common)
             changed = outcome.result == "ok"
     except (engine.Failed, state.StateError, nginx.NginxControlError) as err:
         module.fail_json(msg=f"{name}: {err}")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fleet_slots import engine, lock, nginx, state
 from fleet_slots.watch import Limits
-from test_fleet_watch import FakeHost, reading
+from test_fleet_watch import FakeHost, on_fake_host, reading
 
 
 class CanaryHost(FakeHost):
@@ -64,26 +64,8 @@ class CanaryHost(FakeHost):
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[CanaryHost, engine.Spec]:
     fake_host = CanaryHost(bad="4.0.0-flaky")
-    fake_host.install(monkeypatch)
-    spec = engine.Spec(service="svc", blue_port=8090, service_root=str(tmp_path / "opt"),
-                       state_dir=str(tmp_path / "state"), lock_dir=str(tmp_path / "locks"),
-                       config_dir=str(tmp_path / "etc"), verify_timeout=1,
-                       watch=Limits(seconds=0.3, interval=0.01, min_requests=20))
-    for release in ("1.0.0", "1.1.0", "4.0.0-flaky"):
-        spec.release_dir(release).mkdir(parents=True)
-        (spec.release_dir(release) / ".fleet-release").write_text(release)
-    spec.slot_link(8090).parent.mkdir(parents=True)
-    state.save(state.initial("svc", 8090, "1.0.0"), spec.state_dir)
-    fake_host.units["svc@8090.service"] = "active"
-    fake_host.releases[8090] = "1.0.0"
-    original = engine.host.point_slot
-
-    def point(link: Path, release: str) -> None:
-        original(link, release)
-        fake_host.releases[int(link.name)] = release
-
-    monkeypatch.setattr(engine.host, "point_slot", point)
-    return fake_host, spec
+    return fake_host, on_fake_host(fake_host, tmp_path, monkeypatch, Limits(seconds=0.3, interval=0.01,
+                                                                            min_requests=20))
 
 
 def step(spec: engine.Spec, release: str, weight: int, audit: Path, deploy_id: str = "c1",

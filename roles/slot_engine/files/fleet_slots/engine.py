@@ -209,6 +209,21 @@ def watch_new_slot(spec: Spec, current: State, port: int, baseline: dict[str, An
     return figures
 
 
+def _watch_or_fail(spec: Spec, current: State, port: int, baseline: dict[str, Any] | None, since: float,
+                   outcome: Outcome, clock: Clock, share: str = "", during: str = "after the switch") -> None:
+    """Watch the new slot (phase watch) into `outcome`; Failed on a breach, once traffic is back."""
+    outcome.phase = "watch"
+    figures = watch_new_slot(spec, current, port, baseline, since)
+    outcome.watch = figures.as_dict()
+    clock.lap("watch")
+    if figures.breach:
+        back = current.pending.from_port if current.pending else current.live_port
+        raise Failed("watch", (
+            f"watch: {outcome.to_release} on slot {port}{share} breached its limits {figures.seconds:.2f}s {during}: "
+            f"{figures.breach} ({_seen(figures)}); traffic was switched back to slot {back} "
+            f"{figures.revert_s:.2f}s {during}"))
+
+
 def verify(spec: Spec, port: int) -> None:
     """Through nginx, the service's health must now be served by `port`."""
     want = f"127.0.0.1:{port}"
@@ -281,15 +296,7 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         clock.lap("verify")
 
         if spec.watch.seconds > 0:
-            outcome.phase = "watch"
-            figures = watch_new_slot(spec, current, idle, baseline, switched_at)
-            outcome.watch = figures.as_dict()
-            clock.lap("watch")
-            if figures.breach:
-                raise Failed("watch", (
-                    f"watch: {to_release} on slot {idle} breached its limits {figures.seconds:.2f}s after the "
-                    f"switch: {figures.breach} ({_seen(figures)}); traffic was switched back to slot {from_port} "
-                    f"{figures.revert_s:.2f}s after the switch"))
+            _watch_or_fail(spec, current, idle, baseline, switched_at, outcome, clock)
 
         outcome.phase = "record"
         current.commit()
@@ -378,15 +385,8 @@ def canary_step(spec: Spec, current: State, to_release: str, weight: int, deploy
         _halt("canary", halt_after, spec.service)
 
         if spec.watch.seconds > 0:
-            outcome.phase = "watch"
-            figures = watch_new_slot(spec, current, idle, baseline, set_at)
-            outcome.watch = figures.as_dict()
-            clock.lap("watch")
-            if figures.breach:
-                raise Failed("watch", (
-                    f"watch: {to_release} on slot {idle} with {weight}% of the requests breached its limits "
-                    f"{figures.seconds:.2f}s into the step: {figures.breach} ({_seen(figures)}); every request was "
-                    f"put back on slot {current.live_port} {figures.revert_s:.2f}s into the step"))
+            _watch_or_fail(spec, current, idle, baseline, set_at, outcome, clock,
+                           f" with {weight}% of the requests", "into the step")
     except (Failed, nginx.NginxControlError, state.StateError, RuntimeError, OSError) as err:
         outcome.phase = err.phase if isinstance(err, Failed) else outcome.phase
         outcome.durations = clock.durations
@@ -553,17 +553,25 @@ def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool =
             "staged": bool(release) and spec.staged(str(release))}
 
 
+def _lock(spec: Spec, deploy_id: str, owner: str, lock_ttl: float, break_lock: bool, lock_wait: float,
+          refused: str) -> dict[str, Any] | Outcome:
+    """Take the service's deploy lock: the lock it broke ({} if none), or the failed Outcome."""
+    try:
+        return lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir, wait=lock_wait)
+    except lock.LockHeld as err:
+        return Outcome("failed", f"{err}; refusing {refused}. If that deploy is dead, run again with "
+                                 "-e break_lock=true to break it on purpose.", "lock")
+
+
 def run(spec: Spec, *, mode: str, release: str | None, deploy_id: str, owner: str, hostname: str,
         lock_ttl: float, break_lock: bool, audit_log: str | None, retry_bad_release: bool = False,
         halt_after: str | None = None, lock_wait: float = 0) -> Outcome:
     """Lock, reconcile, move, unlock, audit: one host's whole deploy, rollback or restart. A lock
     taken meanwhile (site.yml converging the service) is waited for up to `lock_wait` seconds."""
     started = time.time()
-    try:
-        broken = lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir, wait=lock_wait)
-    except lock.LockHeld as err:
-        return Outcome("failed", f"{err}; refusing to {mode}. If that deploy is dead, run again with "
-                                 "-e break_lock=true to break it on purpose.", "lock")
+    broken = _lock(spec, deploy_id, owner, lock_ttl, break_lock, lock_wait, f"to {mode}")
+    if isinstance(broken, Outcome):
+        return broken
     try:
         outcome = _run_locked(spec, mode, release, deploy_id, owner, retry_bad_release, halt_after)
         outcome.broke_lock = broken
@@ -627,11 +635,9 @@ def canary(spec: Spec, *, release: str, weight: int, deploy_id: str, owner: str,
     step, the end or the take-back; once it expires, the next run takes it over and reconciles
     (takes the canary back). One audit line per step."""
     started = time.time()
-    try:
-        broken = lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir, wait=lock_wait)
-    except lock.LockHeld as err:
-        return Outcome("failed", f"{err}; refusing a canary step. If that deploy is dead, run again with "
-                                 "-e break_lock=true to break it on purpose.", "lock")
+    broken = _lock(spec, deploy_id, owner, lock_ttl, break_lock, lock_wait, "a canary step")
+    if isinstance(broken, Outcome):
+        return broken
     outcome = Outcome("failed", "", "canary")
     try:
         outcome = _canary_locked(spec, release, weight, deploy_id, owner, retry_bad_release, halt_after)
