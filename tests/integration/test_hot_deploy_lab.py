@@ -435,7 +435,7 @@ def test_a_canary_sends_each_steps_share_of_the_requests_to_the_new_release(lab:
     """-e canary=5,25,100 under keep-alive load on every host at once: the share of requests the
     new release served in each step, as the clients saw it, within 2 points of the step's weight
     (nginx splits by count, not at random); nothing failed; an audit line per host per step."""
-    service, watch_s = "main-api", 4
+    service, watch_s = "main-api", 3
     before = {h: state(lab, h, service) for h in lab.hosts}
     releases = {h: s["slots"][str(s["live_port"])]["release"] for h, s in before.items()}
     target = next(r for r in ("1.1.0", "1.2.0", "2.0.0") if r not in releases.values())
@@ -480,13 +480,14 @@ def test_a_canary_sends_each_steps_share_of_the_requests_to_the_new_release(lab:
 
 def test_a_canary_killed_mid_step_is_shown_then_taken_back_by_the_next_run(lab: Lab, tmp_path):
     """The engine frozen right after it set the first step's weight (the drill), the controller
-    and the engine killed there: status.yml shows the weight meanwhile; the next run (site.yml)
+    and the engine killed there: status.yml shows the weight meanwhile; the next run (a deploy)
     takes the dead deploy's lock over and puts every request back on the old slot (the
     conservative answer: only an operator's run goes further), without a failed request."""
     host, service = HOST2, "infrastructure"
     slots = (8080, 9080)
     before = state(lab, host, service)
-    release = other_release(before["slots"][str(before["live_port"])]["release"])
+    live = before["slots"][str(before["live_port"])]["release"]
+    release = other_release(live)
     marker = f"/run/fleet-slots/{service}.halted"
     load = LoadGenerator([Target(host, lab.hosts[host], SERVER_NAME.format(service))], total_rate=60,
                          modes=("reuse-get", "reuse-post")).start()
@@ -511,17 +512,58 @@ def test_a_canary_killed_mid_step_is_shown_then_taken_back_by_the_next_run(lab: 
         os.killpg(controller.pid, signal.SIGKILL)
         controller.wait()
         lab.ssh(host, f"read pid point < {marker}; kill -9 $pid; rm -f {marker}")
-        resumed = lab.playbook("site.yml", "--tags", "service", "--limit", host)
+        # The next run: a deploy of the release that is live (site.yml reconciles the same way, see
+        # test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_drop).
+        resumed = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={live}",
+                               "--limit", host)
     finally:
         time.sleep(1)
         samples = load.stop()
     assert "interrupted after its canary 20% phase" in flat(resumed.stdout)
     assert "had 20% of the requests in an unfinished canary, so traffic is on" in flat(resumed.stdout)
     now = state(lab, host, service)
-    assert now["slots"][str(now["live_port"])]["release"] == before["slots"][str(before["live_port"])]["release"]
+    assert now["slots"][str(now["live_port"])]["release"] == live
     assert now["weight"] is None and release not in now["bad_releases"]
     units_agree_with_state(lab, host, service, slots)
     new = [s for s in samples if s.version == release]
     print(f"killed canary at 20%: {len(new)} of {len(samples)} requests reached {release} before the take-back; "
           f"{summarize(samples)}")
     assert new and failures(samples) == [], failures(samples)[:10]
+
+
+def test_a_breach_in_a_canary_step_on_one_host_takes_it_back_on_every_host(lab: Lab):
+    """4.0.0-flaky answers every fifth request with 500. Only host 1 gets load, so only its watch
+    sees the 5xx: it breaches in the 50% step and takes its canary back (release marked bad there);
+    hosts 2 and 3, whose step passed, take theirs back too (not marked) and the run fails before
+    any host is switched."""
+    service, bad = "zapier-mcp", "4.0.0-flaky"
+    before = {h: state(lab, h, service) for h in lab.hosts}
+    releases = {h: s["slots"][str(s["live_port"])]["release"] for h, s in before.items()}
+    audits = {h: len(audit(lab, h)) for h in lab.hosts}
+    load = LoadGenerator([Target(HOST1, lab.hosts[HOST1], SERVER_NAME.format(service))], total_rate=60,
+                         modes=("reuse-get", "reuse-post")).start()
+    try:
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={bad}",
+                              "-e", "canary=50,100", "-e", "watch=3", "-e", "retry_bad_release=true", check=False)
+    finally:
+        samples = load.stop()
+    message = flat(result.stdout)
+    assert result.returncode != 0, message[-3000:]
+    assert f"canary 50% of {service} {bad} FAILED on {HOST1} in the watch step" in message, message[-3000:]
+    assert "with 50% of the requests breached its limits" in message
+    assert f"failed on {HOST1}: taken back on {HOST2}" in message and f"taken back on {HOST3}" in message
+    summary = summary_of(result.stdout)
+    for host in lab.hosts:
+        now = state(lab, host, service)
+        assert (now["live_port"], now["pending"], now["weight"]) == (before[host]["live_port"], None, None), now
+        assert served(lab, host, service)["version"] == releases[host]
+        assert (bad in now["bad_releases"]) == (host == HOST1)
+        lines = [(r["mode"], r["result"], r["canary"]["weight"]) for r in audit(lab, host)[audits[host]:]
+                 if r["service"] == service]
+        assert lines == ([("canary", "failed", 50)] if host == HOST1 else
+                         [("canary", "ok", 50), ("canary", "ok", 0)]), (host, lines)
+        if host != HOST1:
+            assert "canary taken back" in summary.split(host, 1)[1].splitlines()[0]
+    assert all(s.version == bad and s.status == 500 for s in failures(samples)), failures(samples)[:10]
+    print(f"canary breach on {HOST1} at 50%: {sum(s.version == bad for s in samples)} of {len(samples)} requests "
+          f"reached {bad}, {len(failures(samples))} answered 500; {summarize(samples)}")
