@@ -16,8 +16,8 @@ type: aggregate
 short_description: Per-host summary of a fleet hot deploy or rollback
 description:
   - At the end of a run that recorded C(fleet_deploy_summary) with set_stats, prints one line per
-    host - from release and slot, to release and slot, seconds taken, result (and what the watch
-    after the switch saw) - and which hosts
+    host - from release and slot, to release and slot, seconds taken, result (the canary steps it
+    went through, and what the watch after the switch saw) - and which hosts
     now run the new release and which still run the old one.
 requirements:
   - enabled in ansible.cfg (callbacks_enabled)
@@ -31,6 +31,7 @@ RESULT_WORDS = {
     "unreachable": "unreachable (stopped there; check the host)",
     "reverted": "put back (on_failure=revert_all)",
     "revert failed": "NOT PUT BACK (on_failure=revert_all failed; check the host)",
+    "canary back": "canary taken back (a step failed on another host)",
 }
 # Results that leave the host on the release the run moved to.
 ON_NEW_RELEASE = ("ok", "revert failed")
@@ -69,6 +70,8 @@ def summary_lines(summary: dict[str, dict[str, Any]], unreachable: set[str]) -> 
             move += f" -> {entry.get('to_release', '?')} (:{entry.get('to_slot', '?')})"
         line = f"{host:<{width}}  {move:<30}  {seconds:>7}  {word}"
         watched = entry.get("watch") or {}
+        if result == "ok" and entry.get("canary"):
+            line += " after a canary of " + ", ".join(f"{w}%" for w in entry["canary"])
         if result == "ok" and watched:
             p99 = f", p99 {watched['p99_ms']:.0f} ms" if isinstance(watched.get("p99_ms"), (int, float)) else ""
             line += (f" (watched {watched.get('seconds', 0):.1f}s: {watched.get('requests', 0)} requests, "

@@ -34,7 +34,7 @@ SURVEY_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hot_deploy": (
         "fleet hot deploy",
         "Zero-downtime deploy of one catalog service, a batch of hosts at a time.",
-        ("service", "version", "batch_size", "on_failure", "break_lock"),
+        ("service", "version", "canary", "batch_size", "on_failure", "break_lock"),
     ),
     "rollback": (
         "fleet rollback",
@@ -65,6 +65,8 @@ READ_ONLY_KINDS = ("status", "audit")
 # audit.yml's limit: its default and the most it takes (filter_plugins/fleet_audit.py checks the same).
 AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 20, 10000
 SINCE_MAX_LENGTH = 64
+# hot_deploy.yml's canary (filter_plugins/fleet_inputs.py checks its form): room for 1,2,...,100.
+CANARY_MAX_LENGTH = 64
 # maintenance.yml's inputs (filter_plugins/fleet_inputs.py checks the same).
 RETRY_AFTER_DEFAULT, RETRY_AFTER_MAX = 600, 604800
 REASON_MAX_LENGTH = 200
@@ -283,6 +285,19 @@ def _question(variable: str, choices: list[str], batch_size: int, kind: str) -> 
             "default": "",
             "min": 0,
             "max": VERSION_MAX_LENGTH,
+        }
+    if variable == "canary":
+        return {
+            "question_name": "Canary",
+            "question_description": "Share of requests the new release gets at each step on every host at once, "
+                                    "comma separated, increasing, 100 last (e.g. 5,25,100); each step is "
+                                    "watched, a breach anywhere takes it back everywhere. Empty: no canary.",
+            "variable": "canary",
+            "type": "text",
+            "required": False,
+            "default": "",
+            "min": 0,
+            "max": CANARY_MAX_LENGTH,
         }
     if variable == "on_failure":
         return {

@@ -2,11 +2,13 @@
 
 Checked once, before any host changes: a bad value fails the run naming the extra var and the fix,
 instead of failing later inside a host's health gate. `fleet_batch_ramp` turns the checked
-`batch_size` into the list Ansible's `serial` keyword takes.
+`batch_size` into the list Ansible's `serial` keyword takes, `fleet_canary_steps` the checked
+`canary` into its weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +29,9 @@ _SECONDS_RE = re.compile(r"[0-9]+(\.[0-9]+)?")
 # What a failed host does to the hosts the run already moved (deploy role, deploy_on_failure).
 ON_FAILURE = ("halt", "revert_all")
 _BATCH_RE = re.compile(r"([1-9][0-9]*)(%?)")
+# A canary's steps: whole percents of the requests sent to the new slot, strictly increasing, 100 last.
+_CANARY_STEP_RE = re.compile(r"[0-9]{1,3}")
+CANARY_EXAMPLE = "canary=5,25,100"
 
 FLEET_DEPLOY_INPUT_PROBLEMS_DOCUMENTATION = r"""
 name: fleet_deploy_input_problems
@@ -35,6 +40,8 @@ description:
   - Checks C(batch_size) (see P(fleet_batch_ramp#filter)), C(on_failure) (C(halt) or C(revert_all)) and
     the durations in seconds (C(health_timeout), C(health_interval), C(drain_timeout) above 0;
     C(health_start_grace) 0 or more; C(watch) from 0, no watch, to 600).
+  - C(canary) (see P(fleet_canary_steps#filter)) only with C(mode) C(deploy) (a restart or a rollback is not
+    canaried) and with a watch above 0 (C(watch), or else C(catalog_watch), the service's C(deploy.watch)).
   - Empty or missing values are fine (the catalog's settings apply).
   - Returns one line per problem, naming the extra var and the fix; an empty list when all is well.
 options:
@@ -85,6 +92,37 @@ FLEET_BATCH_RAMP_RETURN = r"""
 _value:
   description: Batch sizes, numbers of hosts (int) or shares (str ending in %).
   type: list
+"""
+
+
+FLEET_CANARY_STEPS_DOCUMENTATION = r"""
+name: fleet_canary_steps
+short_description: A canary extra var as its list of weights
+description:
+  - >-
+    C(canary) is the share of requests (whole percents) the new slot gets at each step, comma separated and
+    strictly increasing, from 1; the last is 100, which finishes the switch (C(5,25,100); C(100) alone is a
+    plain deploy). Empty: no canary, V([]).
+  - Raises naming C(canary) and the fix when the value is none of those.
+options:
+  _input:
+    description: The canary extra var.
+    type: raw
+    required: true
+"""
+
+FLEET_CANARY_STEPS_EXAMPLES = r"""
+- name: Send each step's share of the requests to the new slot
+  ansible.builtin.debug:
+    msg: "{{ item }}%"
+  loop: "{{ canary | default('') | fleet_canary_steps }}"
+"""
+
+FLEET_CANARY_STEPS_RETURN = r"""
+_value:
+  description: The weights, ints from 1 to 100, strictly increasing, 100 last; empty without a canary.
+  type: list
+  elements: int
 """
 
 
@@ -207,6 +245,48 @@ def _batch_steps(value: Any) -> list[int | str] | str:
     return steps
 
 
+def _canary_steps(value: Any) -> list[int] | str:
+    """The canary's weights, or a message saying what is wrong."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, bool):
+        return f"canary must be the share of requests at each step, e.g. {CANARY_EXAMPLE}; got '{value}'."
+    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    steps = [step.strip() for step in text.split(",")]
+    bad = [step for step in steps if not _CANARY_STEP_RE.fullmatch(step) or not 1 <= int(step) <= 100]
+    if bad:
+        return (f"canary must be whole percents of the requests from 1 to 100, comma separated, e.g. "
+                f"{CANARY_EXAMPLE}; '{bad[0]}' in '{text}' is not one.")
+    weights = [int(step) for step in steps]
+    if any(b <= a for a, b in itertools.pairwise(weights)):
+        return f"canary steps must go up, each above the one before, e.g. {CANARY_EXAMPLE}; got '{text}'."
+    if weights[-1] != 100:
+        return f"canary must end with 100, the step that finishes the switch, e.g. canary={text},100; got '{text}'."
+    return weights
+
+
+def _canary_problems(inputs: Mapping[str, Any]) -> list[str]:
+    steps = _canary_steps(inputs.get("canary"))
+    if isinstance(steps, str):
+        return [steps]
+    if not steps:
+        return []
+    mode = inputs.get("mode") or "deploy"
+    if mode != "deploy":
+        return [f"canary goes with a deploy of a new release, not with {'restart=true' if mode == 'restart' else mode}"
+                f" (it moves the live release, or goes back to a known one, at once): drop -e canary."]
+    watch = inputs.get("watch")
+    watch = inputs.get("catalog_watch") if watch in (None, "") else watch
+    try:
+        watched = float(str(watch).strip()) > 0
+    except ValueError:
+        return []  # the watch's own message says what is wrong with it
+    if not watched:
+        return [f"canary needs a watch: each step holds for the watch period, and it is 0 here (-e watch, or else "
+                f"the service's deploy.watch); add -e watch=30 (seconds), e.g. {CANARY_EXAMPLE} watch=30."]
+    return []
+
+
 def fleet_deploy_input_problems(inputs: Any) -> list[str]:
     if not isinstance(inputs, Mapping):
         raise AnsibleFilterError("fleet_deploy_input_problems: give it a dict of extra var name to value")
@@ -232,11 +312,18 @@ def fleet_deploy_input_problems(inputs: Any) -> list[str]:
                             f"got '{value}'.")
         elif name in SECONDS_MAX and float(text) > SECONDS_MAX[name]:
             problems.append(f"{name} must be at most {SECONDS_MAX[name]:g} seconds; got '{value}'.")
-    return problems
+    return problems + _canary_problems(inputs)
 
 
 def fleet_batch_ramp(value: Any) -> list[int | str]:
     steps = _batch_steps(value)
+    if isinstance(steps, str):
+        raise AnsibleFilterError(steps)
+    return steps
+
+
+def fleet_canary_steps(value: Any) -> list[int]:
+    steps = _canary_steps(value)
     if isinstance(steps, str):
         raise AnsibleFilterError(steps)
     return steps
@@ -249,6 +336,7 @@ class FilterModule:
         return {
             "fleet_deploy_input_problems": fleet_deploy_input_problems,
             "fleet_batch_ramp": fleet_batch_ramp,
+            "fleet_canary_steps": fleet_canary_steps,
             "fleet_maintenance_input_problems": fleet_maintenance_input_problems,
             "fleet_maintenance_on": fleet_maintenance_on,
         }

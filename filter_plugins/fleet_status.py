@@ -5,8 +5,8 @@ deploy state, nginx's route, both slots' units, the live slot's health, the depl
 newest audit line. `fleet_status_report` turns those answers (and the hosts that did not answer)
 into one row per service per host; `fleet_status_table` prints the rows for a person.
 
-The slot engine keeps no canary weight yet (a move switches all traffic at once): the column
-shows a state's `weight` when the engine records one, "-" until then.
+The CANARY column is the state's `weight`: the share of requests (percent) a deploy's canary
+sends to the new slot while it holds a step (hot_deploy.yml -e canary=5,25,100); "-" otherwise.
 
 This file holds several filters, so the per-filter DOCUMENTATION / EXAMPLES / RETURN strings live
 here and the unit tests parse them.
@@ -366,7 +366,7 @@ def _cells(row: Mapping[str, Any]) -> tuple[str, ...]:
         f"{move['from_port']}->{move['to_port']} after {move['phase']}")
     weight = row["canary_weight"]
     return (row["service"], row["host"], live_cell, idle_cell, health_cell, last_cell, lock_cell, pending_cell,
-            "-" if weight is None else f"{weight}")
+            "-" if weight is None else f"{weight}%")
 
 
 def _request_cells(row: Mapping[str, Any]) -> tuple[str, str, str, str]:

@@ -19,6 +19,12 @@ description:
     back to O(release) or else to the release before the live one (O(mode=rollback)) or restarts
     the live release on the other slot (O(mode=restart)), releases the lock and appends the audit
     line. Nothing reloads nginx.
+  - O(action=canary) is one step of a canary (hot_deploy.yml -e canary=5,25,100) on this host: under the
+    deploy lock, the first step starts O(release) on the idle slot and health-gates it; each step then has
+    nginx send exactly O(weight) percent of the service's requests there (no reload; the old slot stays live)
+    and watches it for O(watch) seconds, taking the canary back on a breach (every request on the old slot,
+    the new one stopped, the release marked bad). Between steps the lock stays this deploy's. O(weight=0)
+    takes this deploy's canary back; its end (100) is O(action=run) of the same O(deploy_id).
   - O(action=converge) is site.yml's call for one service. Under the deploy lock (waiting up to
     O(lock_wait) seconds for a running deploy), it reconciles an interrupted move, starts a service
     without state on its blue slot with O(release), starts a live slot that is down, and applies a
@@ -40,8 +46,10 @@ description:
     about O(services) (every line when O(services) is empty), newest first, skipping copies last
     written before O(since_epoch); it changes nothing (audit.yml parses and merges them).
 options:
-  action: {type: str, required: true, choices: [plan, run, converge, retire, status, audit, maintenance],
+  action: {type: str, required: true, choices: [plan, run, canary, converge, retire, status, audit, maintenance],
            description: What to do.}
+  weight: {type: int, description: "canary: the new slot's share of the requests, percent (1 to 99), or 0 to take
+      the canary back."}
   maintenance: {type: bool, description: "maintenance: true to turn it on, false to turn it off."}
   retry_after: {type: int, default: 600, description: "maintenance: the Retry-After nginx sends, in seconds."}
   reason: {type: str, default: "", description: "maintenance: why, for the audit line and the status table."}
@@ -86,8 +94,8 @@ options:
       aborts as a failed health gate does) and through nginx after it (a failure switches traffic back). A
       failure marks the release bad on the host."}
   audit_log: {type: path, default: /var/log/fleet/deploy.log, description: One JSON line per run and host.}
-  halt_after: {type: str, choices: [start, switch, record, drain], description: "Drill only. Freeze the engine
-      after this phase, as if the controller died there."}
+  halt_after: {type: str, choices: [start, canary, switch, record, drain], description: "Drill only. Freeze the
+      engine after this phase, as if the controller died there."}
   service_root: {type: path, default: /opt/fleet, description: Releases and slot links.}
   state_dir: {type: path, default: /var/lib/fleet/state, description: Deploy state files.}
   lock_dir: {type: path, default: /var/lib/fleet/locks, description: Deploy lock files.}
@@ -117,6 +125,8 @@ watch: {type: dict, description: "run, converge: what the watch saw (seconds, re
     health_failed, judged_on, metrics_error) and, on a breach, why (breach) and the seconds from the switch
     to traffic back on the old slot (revert_s); empty when there was no watch."}
 reconciled: {type: str, description: An interrupted move found and what was done about it.}
+canary: {type: dict, description: "canary, and run ending a canary: the step's weight (0 when taken back, 100 at its
+    end), from_weight and set_epoch (when nginx took the new weight); empty otherwise."}
 state: {type: dict, description: The service's deploy state after the call.}
 staged: {type: bool, description: "plan: whether O(release) is unpacked on the host."}
 retired: {type: list, description: "retire: one line per service retired."}
@@ -210,7 +220,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "action": {"type": "str", "required": True,
-                       "choices": ["plan", "run", "converge", "retire", "status", "audit", "maintenance"]},
+                       "choices": ["plan", "run", "canary", "converge", "retire", "status", "audit", "maintenance"]},
+            "weight": {"type": "int"},
             "maintenance": {"type": "bool"},
             "retry_after": {"type": "int", "default": 600},
             "reason": {"type": "str", "default": ""},
@@ -237,7 +248,7 @@ def main() -> None:
             "watch": {"type": "float"},
             "smoke": {"type": "list", "elements": "dict"},
             "audit_log": {"type": "path", "default": "/var/log/fleet/deploy.log"},
-            "halt_after": {"type": "str", "choices": ["start", "switch", "record", "drain"]},
+            "halt_after": {"type": "str", "choices": ["start", "canary", "switch", "record", "drain"]},
             "service_root": {"type": "path", "default": "/opt/fleet"},
             "state_dir": {"type": "path", "default": "/var/lib/fleet/state"},
             "lock_dir": {"type": "path", "default": "/var/lib/fleet/locks"},
@@ -250,6 +261,7 @@ def main() -> None:
         },
         required_if=[("action", "plan", ["service"]),
                      ("action", "run", ["service", "deploy_id"]),
+                     ("action", "canary", ["service", "deploy_id", "release", "weight"]),
                      ("action", "converge", ["service", "deploy_id", "release"]),
                      ("action", "maintenance", ["service", "deploy_id", "maintenance"])],
         supports_check_mode=True,
@@ -297,11 +309,15 @@ def main() -> None:
         elif module.check_mode:
             module.exit_json(changed=False, skipped=True, msg="check mode: nothing moved")
         else:
-            outcome = engine.run(
-                spec, mode=p["mode"], release=p["release"], deploy_id=p["deploy_id"], owner=p["owner"],
-                hostname=p["hostname"], lock_ttl=p["lock_ttl"], break_lock=p["break_lock"],
-                audit_log=p["audit_log"], retry_bad_release=p["retry_bad_release"], halt_after=p["halt_after"],
-                lock_wait=p["lock_wait"])
+            common = {k: p[k] for k in ("release", "deploy_id", "owner", "hostname", "lock_ttl", "break_lock",
+                                        "audit_log", "retry_bad_release", "halt_after", "lock_wait")}
+            if p["action"] == "canary":
+                if not 0 <= p["weight"] <= 99:
+                    module.fail_json(msg=f"weight must be from 0 (take the canary back) to 99 percent, "
+                                         f"not {p['weight']}")
+                outcome = engine.canary(spec, weight=p["weight"], **common)
+            else:
+                outcome = engine.run(spec, mode=p["mode"], **common)
             changed = outcome.result == "ok"
     except (engine.Failed, state.StateError, nginx.NginxControlError) as err:
         module.fail_json(msg=f"{name}: {err}")

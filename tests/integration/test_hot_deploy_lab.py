@@ -17,10 +17,12 @@ import time
 
 import yaml
 
-from bench.loadgen import LoadGenerator, Target, failures, summarize
+from bench.loadgen import LoadGenerator, Sample, Target, failures, summarize
 
 from .conftest import ROOT, Lab
 from .helpers import HOST1, HOST2, HOST3, SERVER_NAME, audit, flat, served, start_playbook, state, summary_of
+from .test_status_audit_lab import STATUS_TASK, cells, printed
+from .test_status_audit_lab import run as status_json
 
 
 def test_deploys_alternate_slots_and_rollback_returns_to_the_right_release(lab: Lab):
@@ -55,8 +57,9 @@ def test_check_mode_shows_the_plan_and_changes_nothing(lab: Lab):
     live, release = before["live_port"], before["slots"][str(before["live_port"])]["release"]
     target = "1.2.0" if release != "1.2.0" else "1.1.0"
     result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={target}", "--check",
-                          "--limit", host)
+                          "-e", "canary=5,25,100", "-e", "watch=3", "--limit", host)
     assert f"main-api: {release} on slot {live} -> {target} on slot {9010 if live == 8010 else 8010}" in result.stdout
+    assert "(canary: 5%, 25%, 100%, each step watched 3s)" in flat(result.stdout)
     assert state(lab, host, service) == before
     assert served(lab, host, service)["version"] == release
 
@@ -185,6 +188,15 @@ def test_bad_input_fails_before_anything_changes(lab: Lab, tmp_path):
     assert "drain_timeout must be more than 0 seconds" in flat(durations.stdout)
     assert "'0' in '1,0' is none of those" in flat(durations.stdout)
     assert "watch must be at most 600 seconds; got '900'" in flat(durations.stdout)
+    canary = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", "version=1.1.0", "-e", "canary=5,25",
+                          check=False)
+    assert canary.returncode != 0 and (
+        "canary must end with 100, the step that finishes the switch, e.g. canary=5,25,100; got '5,25'.") in (
+        flat(canary.stdout))
+    restart = lab.playbook("hot_deploy.yml", "-e", "service=main-api", "-e", "restart=true", "-e", "canary=5,100",
+                           check=False)
+    assert restart.returncode != 0 and "canary goes with a deploy of a new release, not with restart=true" in (
+        flat(restart.stdout))
     catalog = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/fleet_services.yml").read_text())
     catalog["fleet_services"]["main-api"]["group"] = "web"
     override = tmp_path / "catalog.json"
@@ -417,3 +429,141 @@ def test_a_stray_process_on_the_idle_port_is_refused_by_name_and_revert_all_move
             "rollback", "ok", releases[other])
     assert f"still on the previous release: {', '.join(sorted(lab.hosts))}" in summary
     assert f"on_failure=revert_all moved back to the release they ran: {', '.join(moved)}." in message, summary
+
+
+def test_a_canary_sends_each_steps_share_of_the_requests_to_the_new_release(lab: Lab):
+    """-e canary=5,25,100 under keep-alive load on every host at once: the share of requests the
+    new release served in each step, as the clients saw it, within 2 points of the step's weight
+    (nginx splits by count, not at random); nothing failed; an audit line per host per step."""
+    service, watch_s = "main-api", 3
+    before = {h: state(lab, h, service) for h in lab.hosts}
+    releases = {h: s["slots"][str(s["live_port"])]["release"] for h, s in before.items()}
+    target = next(r for r in ("1.1.0", "1.2.0", "2.0.0") if r not in releases.values())
+    audits = {h: len(audit(lab, h)) for h in lab.hosts}
+    targets = [Target(h, lab.hosts[h], SERVER_NAME.format(service)) for h in sorted(lab.hosts)]
+    load = LoadGenerator(targets, total_rate=150, modes=("reuse-get", "reuse-post")).start()
+    wall0 = time.time() - (time.monotonic() - load.t0)  # a sample's t is seconds since load.t0
+    started = time.monotonic()
+    try:
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={target}",
+                              "-e", "canary=5,25,100", "-e", f"watch={watch_s}", "-e", "batch_size=3",
+                              "-e", "retry_bad_release=true", check=False)
+    finally:
+        time.sleep(1)
+        samples = load.stop()
+    took = time.monotonic() - started
+    assert result.returncode == 0, flat(result.stdout)[-3000:]
+    assert failures(samples) == [], failures(samples)[:10]
+
+    shares: dict[int, list[Sample]] = {}
+    for host in sorted(lab.hosts):
+        lines = [r for r in audit(lab, host)[audits[host]:] if r["service"] == service]
+        assert [(r["mode"], r["result"], r["canary"]["weight"]) for r in lines] == [
+            ("canary", "ok", 5), ("canary", "ok", 25), ("deploy", "ok", 100)], lines
+        assert all(r["to_release"] == target for r in lines)
+        assert state(lab, host, service)["weight"] is None
+        assert served(lab, host, service)["version"] == target
+        # Each step from the moment nginx took its weight to the next one's (the 100: its watch).
+        bounds = [r["canary"]["set_epoch"] - wall0 for r in lines]
+        bounds.append(bounds[-1] + watch_s)
+        for weight, start, end in zip((5, 25, 100), bounds[:-1], bounds[1:], strict=True):
+            step = [s for s in samples if s.host == host and start <= s.t < end]
+            shares.setdefault(weight, []).extend(step)
+    figures = {w: (sum(s.version == target for s in step), len(step)) for w, step in shares.items()}
+    print(f"canary 5,25,100 (watch {watch_s}s) under load on {len(lab.hosts)} hosts in {took:.0f}s: " + ", ".join(
+        f"{w}%: {new}/{total} = {100 * new / total:.2f}% new" for w, (new, total) in figures.items())
+        + f"; load: {summarize(samples)}")
+    for weight, (new, total) in figures.items():
+        assert total >= 200, figures
+        assert abs(100 * new / total - weight) <= 2, figures
+
+
+def test_a_canary_killed_mid_step_is_shown_then_taken_back_by_the_next_run(lab: Lab, tmp_path):
+    """The engine frozen right after it set the first step's weight (the drill), the controller
+    and the engine killed there: status.yml shows the weight meanwhile; the next run (a deploy)
+    takes the dead deploy's lock over and puts every request back on the old slot (the
+    conservative answer: only an operator's run goes further), without a failed request."""
+    host, service = HOST2, "infrastructure"
+    slots = (8080, 9080)
+    before = state(lab, host, service)
+    live = before["slots"][str(before["live_port"])]["release"]
+    release = other_release(live)
+    marker = f"/run/fleet-slots/{service}.halted"
+    load = LoadGenerator([Target(host, lab.hosts[host], SERVER_NAME.format(service))], total_rate=60,
+                         modes=("reuse-get", "reuse-post")).start()
+    try:
+        log = (tmp_path / "canary.log").open("w")
+        controller = subprocess.Popen(
+            lab.argv("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
+                     "-e", "canary=20,100", "-e", "watch=30", "-e", "drill_halt_after=canary",
+                     "-e", "retry_bad_release=true", "--limit", host),
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while lab.ssh(host, f"test -e {marker}", check=False).returncode != 0:
+            assert controller.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "canary.log").read_text()[-3000:]
+            time.sleep(0.3)
+        held = state(lab, host, service)
+        assert (held["weight"], held["pending"]["phase"], held["live_port"]) == (20, "canary", before["live_port"])
+        status = status_json(lab, "status.yml", "-e", f"service={service}", "--limit", host)
+        table = printed(status.stdout, STATUS_TASK)
+        [row] = [cells(line) for line in table[1:] if line.startswith(service)]
+        assert row[8] == "20%", table
+        os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait()
+        lab.ssh(host, f"read pid point < {marker}; kill -9 $pid; rm -f {marker}")
+        # The next run: a deploy of the release that is live (site.yml reconciles the same way, see
+        # test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_drop).
+        resumed = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={live}",
+                               "--limit", host)
+    finally:
+        time.sleep(1)
+        samples = load.stop()
+    assert "interrupted after its canary 20% phase" in flat(resumed.stdout)
+    assert "had 20% of the requests in an unfinished canary, so traffic is on" in flat(resumed.stdout)
+    now = state(lab, host, service)
+    assert now["slots"][str(now["live_port"])]["release"] == live
+    assert now["weight"] is None and release not in now["bad_releases"]
+    units_agree_with_state(lab, host, service, slots)
+    new = [s for s in samples if s.version == release]
+    print(f"killed canary at 20%: {len(new)} of {len(samples)} requests reached {release} before the take-back; "
+          f"{summarize(samples)}")
+    assert new and failures(samples) == [], failures(samples)[:10]
+
+
+def test_a_breach_in_a_canary_step_on_one_host_takes_it_back_on_every_host(lab: Lab):
+    """4.0.0-flaky answers every fifth request with 500. Only host 1 gets load, so only its watch
+    sees the 5xx: it breaches in the 50% step and takes its canary back (release marked bad there);
+    hosts 2 and 3, whose step passed, take theirs back too (not marked) and the run fails before
+    any host is switched."""
+    service, bad = "zapier-mcp", "4.0.0-flaky"
+    before = {h: state(lab, h, service) for h in lab.hosts}
+    releases = {h: s["slots"][str(s["live_port"])]["release"] for h, s in before.items()}
+    audits = {h: len(audit(lab, h)) for h in lab.hosts}
+    load = LoadGenerator([Target(HOST1, lab.hosts[HOST1], SERVER_NAME.format(service))], total_rate=60,
+                         modes=("reuse-get", "reuse-post")).start()
+    try:
+        result = lab.playbook("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={bad}",
+                              "-e", "canary=50,100", "-e", "watch=3", "-e", "retry_bad_release=true", check=False)
+    finally:
+        samples = load.stop()
+    message = flat(result.stdout)
+    assert result.returncode != 0, message[-3000:]
+    assert f"canary 50% of {service} {bad} FAILED on {HOST1} in the watch step" in message, message[-3000:]
+    assert "with 50% of the requests breached its limits" in message
+    assert f"failed on {HOST1}: taken back on {HOST2}" in message and f"taken back on {HOST3}" in message
+    summary = summary_of(result.stdout)
+    for host in lab.hosts:
+        now = state(lab, host, service)
+        assert (now["live_port"], now["pending"], now["weight"]) == (before[host]["live_port"], None, None), now
+        assert served(lab, host, service)["version"] == releases[host]
+        assert (bad in now["bad_releases"]) == (host == HOST1)
+        lines = [(r["mode"], r["result"], r["canary"]["weight"]) for r in audit(lab, host)[audits[host]:]
+                 if r["service"] == service]
+        assert lines == ([("canary", "failed", 50)] if host == HOST1 else
+                         [("canary", "ok", 50), ("canary", "ok", 0)]), (host, lines)
+        if host != HOST1:
+            assert "canary taken back" in summary.split(host, 1)[1].splitlines()[0]
+    assert all(s.version == bad and s.status == 500 for s in failures(samples)), failures(samples)[:10]
+    print(f"canary breach on {HOST1} at 50%: {sum(s.version == bad for s in samples)} of {len(samples)} requests "
+          f"reached {bad}, {len(failures(samples))} answered 500; {summarize(samples)}")

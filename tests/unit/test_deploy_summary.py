@@ -31,3 +31,14 @@ def test_a_deployed_host_says_what_its_watch_saw() -> None:
     lines = summary_lines({"h1": entry("ok", watch=watched), "h2": entry("ok", watch={})}, unreachable=set())
     assert lines[0].endswith("deployed (watched 30.0s: 612 requests, 0 5xx, p99 42 ms)")
     assert lines[1].endswith("deployed")
+
+
+def test_a_canary_shows_its_steps_and_a_host_it_was_taken_back_from() -> None:
+    watched = {"seconds": 4.0, "requests": 200, "errors": 0, "breach": ""}
+    lines = summary_lines({"h1": entry("ok", canary=[5, 25], watch=watched),
+                           "h2": entry("failed", message="canary 25%: watch: breached"),
+                           "h3": entry("canary back")}, unreachable=set())
+    assert lines[0].endswith("deployed after a canary of 5%, 25% (watched 4.0s: 200 requests, 0 5xx)")
+    assert "FAILED: canary 25%: watch: breached" in lines[1]
+    assert lines[2].endswith("canary taken back (a step failed on another host)")
+    assert lines[-1] == "still on the previous release: h2, h3"

@@ -76,10 +76,12 @@ def test_the_service_choices_are_the_catalogs_services(catalog: str):
 
 def test_the_hot_deploy_survey_asks_what_hot_deploy_yml_takes():
     survey = fleet_awx_survey(CATALOGS["lab"], "hot_deploy")
-    assert [item["variable"] for item in survey["spec"]] == ["service", "version", "batch_size", "on_failure",
-                                                             "break_lock"]
+    assert [item["variable"] for item in survey["spec"]] == [
+        "service", "version", "canary", "batch_size", "on_failure", "break_lock"]
     version, batch, policy, lock = (question(survey, v) for v in ("version", "batch_size", "on_failure", "break_lock"))
     assert (version["type"], version["required"], version["default"]) == ("text", False, "")
+    canary = question(survey, "canary")
+    assert (canary["type"], canary["required"], canary["default"]) == ("text", False, "")
     assert (batch["type"], batch["required"], batch["default"], batch["min"]) == ("integer", True, 1, 1)
     assert (policy["choices"], policy["default"]) == (["halt", "revert_all"], "halt")
     assert (lock["choices"], lock["default"]) == (["no", "yes"], "no")

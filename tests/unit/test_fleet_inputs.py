@@ -128,3 +128,43 @@ def test_on_failure_is_halt_or_revert_all(given: Any) -> None:
 def test_a_bad_on_failure_is_named_with_its_choices() -> None:
     [problem] = fleet_deploy_input_problems({"on_failure": "rollback"})
     assert problem.startswith("on_failure must be one of halt, revert_all") and "got 'rollback'" in problem
+
+
+# --------------------------------------------------------------------------- canary
+
+@pytest.mark.parametrize(("given", "weights"), [
+    ("5,25,100", [5, 25, 100]), (" 5, 25 ,100", [5, 25, 100]), ("100", [100]), (100, [100]), ([1, 100], [1, 100]),
+    ("", []), (None, []),
+])
+def test_a_canary_is_increasing_percents_ending_with_100(given: Any, weights: list[int]) -> None:
+    assert fleet_inputs.fleet_canary_steps(given) == weights
+    assert fleet_deploy_input_problems({"canary": given, "watch": "5"}) == []
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("5,25", "canary must end with 100, the step that finishes the switch, e.g. canary=5,25,100; got '5,25'."),
+    ("25,5,100", "canary steps must go up, each above the one before, e.g. canary=5,25,100; got '25,5,100'."),
+    ("5,5,100", "canary steps must go up"),
+    ("0,100", "canary must be whole percents of the requests from 1 to 100, comma separated, e.g. canary=5,25,100; "
+              "'0' in '0,100' is not one."),
+    ("5%,100", "'5%' in '5%,100' is not one."), ("5,,100", "'' in '5,,100' is not one."),
+    ("101", "'101' in '101' is not one."), ("2.5,100", "'2.5' in '2.5,100' is not one."),
+    (True, "canary must be the share of requests at each step"),
+])
+def test_a_bad_canary_names_the_extra_var_and_the_fix(given: Any, message: str) -> None:
+    [problem] = fleet_deploy_input_problems({"canary": given, "watch": "5"})
+    assert problem.startswith("canary ") and message in problem
+    with pytest.raises(AnsibleFilterError, match="canary"):
+        fleet_inputs.fleet_canary_steps(given)
+
+
+def test_a_canary_goes_with_a_deploy_and_a_watch() -> None:
+    [restart] = fleet_deploy_input_problems({"canary": "5,100", "mode": "restart", "watch": "5"})
+    assert restart.startswith("canary goes with a deploy of a new release, not with restart=true")
+    [rollback] = fleet_deploy_input_problems({"canary": "5,100", "mode": "rollback", "watch": "5"})
+    assert "not with rollback" in rollback and "drop -e canary" in rollback
+    [unwatched] = fleet_deploy_input_problems({"canary": "5,100", "watch": "0", "catalog_watch": 30})
+    assert unwatched.startswith("canary needs a watch") and "-e watch=30" in unwatched
+    assert fleet_deploy_input_problems({"canary": "5,100", "catalog_watch": 0})[0].startswith("canary needs a watch")
+    assert fleet_deploy_input_problems({"canary": "5,100", "catalog_watch": 30}) == []
+    assert fleet_deploy_input_problems({"canary": "", "mode": "restart", "watch": "0"}) == []

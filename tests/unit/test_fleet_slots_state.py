@@ -213,3 +213,64 @@ def test_the_command_prints_a_state_and_says_when_nginx_cannot_be_asked(tmp_path
     assert main([*args, "status"]) == 1  # nginx's routes unknown: state and nginx cannot be shown to agree
     out = capsys.readouterr().out
     assert "nginx control socket" in out and "main-api" in out and "slot 9010" in out and "1.1.0" in out
+
+
+def test_a_canary_holds_between_healthy_and_switched_and_its_weight_only_goes_up(tmp_path: Path):
+    current = fresh()
+    current.begin(move(current, "1.1.0"))
+    with pytest.raises(StateError, match="passed its health gate"):
+        current.canary(5)
+    current.advance("healthy")
+    assert current.weight is None and current.to_dict()["weight"] is None
+    current.canary(5)
+    current.canary(25)
+    assert (current.live_port, current.weight) == (8010, 25) and current.pending is not None
+    assert current.pending.canary and not current.pending.traffic_moved
+    for bad in (25, 5, 100, 0):
+        with pytest.raises(StateError, match="must be from 1 to 99 and above the current 25"):
+            current.canary(bad)
+    state.save(current, str(tmp_path))
+    saved = json.loads((tmp_path / "main-api.json").read_text())
+    assert saved["weight"] == 25 and saved["pending"]["weight"] == 25 and saved["pending"]["phase"] == "canary"
+    loaded = state.load("main-api", str(tmp_path))
+    assert loaded is not None and loaded.to_dict() == current.to_dict()
+    # The end (100) is the move's switch: the weight goes with the canary phase.
+    current.advance("switched")
+    assert current.weight is None and current.pending is not None and current.pending.weight == 0
+    current.commit()
+    assert current.live_port == 9010
+
+
+def test_a_canary_taken_back_leaves_the_old_slot_live_and_the_release_unmarked():
+    current = fresh()
+    current.begin(move(current, "1.1.0"))
+    current.advance("healthy")
+    current.canary(50)
+    current.abandon()
+    assert (current.live_port, current.pending, current.bad_releases, current.weight) == (8010, None, [], None)
+
+
+def test_a_pending_canary_with_a_bad_weight_is_refused(tmp_path: Path):
+    current = fresh()
+    current.begin(move(current, "1.1.0"))
+    data = current.to_dict()
+    data["pending"].update(phase="canary", weight=150)
+    (tmp_path / "main-api.json").write_text(json.dumps(data))
+    with pytest.raises(StateError, match="pending move has weight 150"):
+        state.load("main-api", str(tmp_path))
+
+
+def test_a_lock_handed_over_between_canary_steps_refuses_others_until_it_expires(tmp_path: Path):
+    lock.acquire("svc", "canary-1", "alice@laptop", 60, lock_dir=str(tmp_path))
+    assert lock.hand_over("svc", "canary-1", 60, str(tmp_path))
+    held = lock.read("svc", str(tmp_path))
+    assert held is not None and held["handover"] and "pid" not in held and lock.in_progress(held)
+    with pytest.raises(lock.LockHeld, match="between canary steps"):
+        lock.acquire("svc", "other", "bob@ci", 60, lock_dir=str(tmp_path))
+    assert lock.acquire("svc", "canary-1", "alice@laptop", 60, lock_dir=str(tmp_path)) == {}  # its next step
+    taken = lock.read("svc", str(tmp_path))
+    assert taken is not None and taken["pid"] == os.getpid() and "handover" not in taken
+    assert lock.hand_over("svc", "canary-1", -1, str(tmp_path))  # expired: that deploy died
+    assert not lock.hand_over("svc", "other", 60, str(tmp_path))
+    broken = lock.acquire("svc", "other", "bob@ci", 60, lock_dir=str(tmp_path))
+    assert broken["deploy_id"] == "canary-1" and broken["handover"]

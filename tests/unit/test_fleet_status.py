@@ -180,7 +180,7 @@ def test_a_down_live_slot_and_a_canary_weight_show():
     one["state"] = {**one["state"], "weight": 10}
     report = fleet_status_report({"web-1": result(main_api=one)}, CATALOG, "", NOW)
     row = cells(fleet_status_table(report), "web-1", "main-api")
-    assert row[2] == "9010 1.1.0 (failed)" and row[8] == "10"
+    assert row[2] == "9010 1.1.0 (failed)" and row[8] == "10%"
 
 
 def test_a_service_without_state_a_broken_state_and_one_outside_the_catalog():

@@ -192,11 +192,15 @@ class FakeHost:
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHost, engine.Spec]:
     fake_host = FakeHost(bad="4.0.0-flaky")
+    return fake_host, on_fake_host(fake_host, tmp_path, monkeypatch, Limits(seconds=0.5, interval=0.01))
+
+
+def on_fake_host(fake_host: FakeHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: Limits) -> engine.Spec:
+    """Service svc live on 8090 with 1.0.0, releases 1.1.0 and 4.0.0-flaky staged, on `fake_host`."""
     fake_host.install(monkeypatch)
     spec = engine.Spec(service="svc", blue_port=8090, service_root=str(tmp_path / "opt"),
                        state_dir=str(tmp_path / "state"), lock_dir=str(tmp_path / "locks"),
-                       config_dir=str(tmp_path / "etc"), verify_timeout=1,
-                       watch=Limits(seconds=0.5, interval=0.01))
+                       config_dir=str(tmp_path / "etc"), verify_timeout=1, watch=limits)
     for release in ("1.0.0", "1.1.0", "4.0.0-flaky"):
         spec.release_dir(release).mkdir(parents=True)
         (spec.release_dir(release) / ".fleet-release").write_text(release)
@@ -211,7 +215,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHost, eng
         fake_host.releases[int(link.name)] = release
 
     monkeypatch.setattr(host, "point_slot", point)
-    return fake_host, spec
+    return spec
 
 
 def deploy(spec: engine.Spec, release: str, audit: Path) -> engine.Outcome:

@@ -10,13 +10,22 @@
 -- service in maintenance, filled by init() from the state's `maintenance` and set or cleared
 -- through control(); maintenance() (access_by_lua of the service's locations) answers its
 -- requests with 503 and the service's maintenance page, except for the exempt clients.
+--
+-- A canary works the same way too: "canary:<service>" holds "<port> <weight>" while a deploy's
+-- canary step sends `weight` percent of the service's requests to the new slot <port>, filled by
+-- init() from the state's `weight` (and its pending move's to_port) and set or cleared through
+-- control(). The split is exact, not random: "count:<service>" counts the service's requests
+-- (an atomic incr, shared by all workers), and request n (from 1) goes to the canary when
+-- floor(n*w/100) > floor((n-1)*w/100), so after any n requests the canary served floor(n*w/100).
+-- Setting a weight restarts the count; a switch (PUT /slots) ends the canary.
 local cjson = require "cjson.safe"
 
 local _M = {}
 
 local DICT = "fleet_slots"
 
--- The live port and the maintenance Retry-After (nil when not in maintenance) of a state file.
+-- The live port, the maintenance Retry-After (nil when not in maintenance) and the canary
+-- ("<port> <weight>", nil without one) of a state file.
 local function live_port_from(path)
     local file = io.open(path, "r")
     if not file then
@@ -30,7 +39,13 @@ local function live_port_from(path)
         return nil, "no live_port in it"
     end
     local maintenance = type(state.maintenance) == "table" and tonumber(state.maintenance.retry_after) or nil
-    return port, nil, maintenance
+    local weight = tonumber(state.weight)
+    local to_port = type(state.pending) == "table" and tonumber(state.pending.to_port) or nil
+    local canary = nil
+    if weight and to_port and weight >= 1 and weight <= 99 then
+        canary = to_port .. " " .. weight
+    end
+    return port, nil, maintenance, canary
 end
 
 -- init_by_lua (master process): services maps each service nginx routes to its blue port.
@@ -38,12 +53,21 @@ function _M.init(state_dir, services)
     local dict = ngx.shared[DICT]
     for service, blue in pairs(services) do
         dict:set("slots:" .. service, blue .. " " .. (blue + 1000))
-        local port, err, maintenance = live_port_from(state_dir .. "/" .. service .. ".json")
+        local port, err, maintenance, canary = live_port_from(state_dir .. "/" .. service .. ".json")
         -- The dict outlives a reload: a maintenance the state no longer records goes.
         if maintenance then
             dict:set("maintenance:" .. service, maintenance)
         else
             dict:delete("maintenance:" .. service)
+        end
+        -- The same for a canary: the state's weight comes back after a restart, a finished one goes.
+        if port and canary then
+            if dict:get("canary:" .. service) ~= canary then
+                dict:set("canary:" .. service, canary)
+                dict:set("count:" .. service, 0)
+            end
+        else
+            dict:delete("canary:" .. service)
         end
         if port then
             dict:set(service, port)
@@ -55,9 +79,32 @@ function _M.init(state_dir, services)
     end
 end
 
+-- The canary's port for this request, or nil: request n goes to the canary when
+-- floor(n*w/100) > floor((n-1)*w/100), n from an atomic count shared by the workers.
+local function canary_port(dict, service)
+    local canary = dict:get("canary:" .. service)
+    if not canary then
+        return nil
+    end
+    local port, weight = canary:match("^(%d+) (%d+)$")
+    local n = dict:incr("count:" .. service, 1, 0)
+    if not n or not weight then
+        return nil
+    end
+    weight = tonumber(weight)
+    if math.floor(n * weight / 100) > math.floor((n - 1) * weight / 100) then
+        return tonumber(port)
+    end
+    return nil
+end
+
 -- balancer_by_lua of the service's upstream.
 function _M.balance(service)
-    local port = ngx.shared[DICT]:get(service)
+    local dict = ngx.shared[DICT]
+    local port = dict:get(service)
+    if port then
+        port = canary_port(dict, service) or port
+    end
     if not port then
         ngx.log(ngx.ERR, "fleet: no live slot known for ", service)
         return ngx.exit(502)
@@ -140,15 +187,71 @@ local function maintenance_control(dict, method, uri)
     return answer(200, { service = service, retry_after = seconds, previous = previous })
 end
 
+local function canary_control(dict, method, uri)
+    if uri == "/canary" and method == "GET" then
+        local found = {}
+        for _, key in ipairs(dict:get_keys(0)) do
+            local service = key:match("^canary:(.+)$")
+            if service then
+                local port, weight = dict:get(key):match("^(%d+) (%d+)$")
+                found[service] = { port = tonumber(port), weight = tonumber(weight),
+                                   requests = dict:get("count:" .. service) or 0 }
+            end
+        end
+        return answer(200, found)
+    end
+    local service = uri:match("^/canary/([%w._-]+)$")
+    if not service or (method ~= "PUT" and method ~= "DELETE") then
+        return answer(404, { error = method .. " " .. uri .. ": GET /canary, PUT /canary/<service> "
+                                     .. "(body: \"<port> <weight>\") or DELETE /canary/<service>" })
+    end
+    local slots = dict:get("slots:" .. service)
+    if not slots then
+        return answer(404, { error = "nginx routes no service named " .. service })
+    end
+    local key = "canary:" .. service
+    local previous = dict:get(key)
+    if method == "DELETE" then
+        dict:delete(key)
+        ngx.log(ngx.NOTICE, "fleet: ", service, " canary ended (was ", previous, ")")
+        return answer(200, { service = service, previous = previous })
+    end
+    ngx.req.read_body()
+    local body = ngx.req.get_body_data() or ""
+    local port, weight = body:match("^%s*(%d+)%s+(%d+)%s*$")
+    port, weight = tonumber(port), tonumber(weight)
+    local blue, green = slots:match("^(%d+) (%d+)$")
+    local live = dict:get(service)
+    if not port or (port ~= tonumber(blue) and port ~= tonumber(green)) or port == live
+            or not weight or weight < 1 or weight > 99 then
+        return answer(400, { error = "the body must be \"<port> <weight>\": the idle slot of " .. service .. " ("
+                                     .. blue .. " or " .. green .. ", not the live " .. tostring(live)
+                                     .. ") and a weight from 1 to 99 percent, not " .. body })
+    end
+    local ok, err = dict:set("count:" .. service, 0)
+    if ok then
+        ok, err = dict:set(key, port .. " " .. weight)
+    end
+    if not ok then
+        return answer(500, { error = "cannot store the canary: " .. err })
+    end
+    ngx.log(ngx.NOTICE, "fleet: ", service, " canary: ", weight, "% to slot ", port, " (was ", previous, ")")
+    return answer(200, { service = service, port = port, weight = weight, previous = previous })
+end
+
 -- content_by_lua of the control server:
 --   GET /slots            every service's live port
 --   PUT /slots/<service>  body: one of the service's two slot ports
 --   GET /maintenance, PUT /maintenance/<service> (body: Retry-After seconds), DELETE /maintenance/<service>
+--   GET /canary, PUT /canary/<service> (body: "<port> <weight>"), DELETE /canary/<service>
 function _M.control()
     local dict = ngx.shared[DICT]
     local method, uri = ngx.req.get_method(), ngx.var.uri
     if uri == "/maintenance" or uri:find("^/maintenance/") then
         return maintenance_control(dict, method, uri)
+    end
+    if uri == "/canary" or uri:find("^/canary/") then
+        return canary_control(dict, method, uri)
     end
     if uri == "/slots" and method == "GET" then
         local slots = {}
@@ -182,6 +285,9 @@ function _M.control()
     if not ok then
         return answer(500, { error = "cannot store the slot: " .. err })
     end
+    -- A switch ends a canary (after the live slot is set: every request goes to one of the two
+    -- slots the deploy chose, never to a third).
+    dict:delete("canary:" .. service)
     ngx.log(ngx.NOTICE, "fleet: ", service, " now routed to slot ", port, " (was ", previous, ")")
     return answer(200, { service = service, port = port, previous = previous })
 end

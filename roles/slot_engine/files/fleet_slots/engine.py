@@ -41,7 +41,7 @@ from . import host, lock, nginx, smoke, state
 from . import watch as watching
 from .state import Move, State
 
-HALT_POINTS = ("start", "switch", "record", "drain")
+HALT_POINTS = ("start", "canary", "switch", "record", "drain")
 HALT_DIR = "/run/fleet-slots"
 
 
@@ -117,6 +117,7 @@ class Outcome:
     reconciled: str = ""
     broke_lock: dict[str, Any] = field(default_factory=dict)
     watch: dict[str, Any] = field(default_factory=dict)  # watching.Figures.as_dict(); {} when not watched
+    canary: dict[str, Any] = field(default_factory=dict)  # a canary step: weight, from_weight, set_epoch
 
 
 class Clock:
@@ -214,6 +215,21 @@ def watch_new_slot(spec: Spec, current: State, port: int, baseline: dict[str, An
     return figures
 
 
+def _watch_or_fail(spec: Spec, current: State, port: int, baseline: dict[str, Any] | None, since: float,
+                   outcome: Outcome, clock: Clock, share: str = "", during: str = "after the switch") -> None:
+    """Watch the new slot (phase watch) into `outcome`; Failed on a breach, once traffic is back."""
+    outcome.phase = "watch"
+    figures = watch_new_slot(spec, current, port, baseline, since)
+    outcome.watch = figures.as_dict()
+    clock.lap("watch")
+    if figures.breach:
+        back = current.pending.from_port if current.pending else current.live_port
+        raise Failed("watch", (
+            f"watch: {outcome.to_release} on slot {port}{share} breached its limits {figures.seconds:.2f}s {during}: "
+            f"{figures.breach} ({_seen(figures)}); traffic was switched back to slot {back} "
+            f"{figures.revert_s:.2f}s {during}"))
+
+
 def verify(spec: Spec, port: int) -> None:
     """Through nginx, the service's health must now be served by `port`."""
     want = f"127.0.0.1:{port}"
@@ -265,46 +281,28 @@ def preflight(spec: Spec, current: State) -> int:
 def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str, owner: str,
          halt_after: str | None = None, config: SlotConfig | None = None) -> Outcome:
     """Move the service to `to_release` on the idle slot, with `config` or else the live slot's
-    configuration. The state is saved at every phase."""
+    configuration. The state is saved at every phase. A canary of this move (the pending move in
+    phase canary, see canary_step) is finished from its switch on: its new slot already runs."""
     clock = Clock()
     from_port, from_release = current.live_port, current.live_release
     outcome = Outcome("failed", "", "preflight", from_port, current.idle_port(spec.blue_port), from_release,
                       to_release)
     old_unit = host.unit_of(spec.service, from_port)
+    resumed = current.pending.weight if current.pending is not None and current.pending.canary else 0
     try:
-        if not spec.staged(to_release):
-            raise Failed("preflight", f"release {to_release} is not staged in {spec.release_dir(to_release)}")
-        idle = preflight(spec, current)
+        if resumed:
+            idle = current.pending.to_port if current.pending else 0
+        else:
+            idle = _start_new_slot(spec, current, to_release, mode, deploy_id, owner, config, outcome, clock,
+                                   halt_after)
         new_unit = host.unit_of(spec.service, idle)
-
-        outcome.phase = "start"
-        current.begin(Move(deploy_id, mode, from_port, idle, from_release, to_release, owner=owner,
-                           history_before=list(current.history),
-                           config=config.digest if config else current.live_config,
-                           from_config=current.live_config,
-                           from_released=str(current.slots[str(from_port)].get("released") or "")))
-        state.save(current, spec.state_dir)
-        _configure_slot(spec, idle, from_port, config)
-        host.point_slot(spec.slot_link(idle), to_release)
-        host.start(new_unit)
-        clock.lap("start")
-        _halt("start", halt_after, spec.service)
-
-        outcome.phase = "health gate"
-        gate(spec, idle)
-        current.advance("healthy")
-        state.save(current, spec.state_dir)
-        clock.lap("health_gate")
-
-        if spec.smoke:
-            outcome.phase = "smoke"
-            smoke_check(spec, idle)
-            clock.lap("smoke")
 
         outcome.phase = "switch"
         baseline = _metrics_baseline(spec) if spec.watch.seconds > 0 else None
         nginx.switch(spec.service, idle, spec.control_socket)
         switched_at = time.monotonic()
+        if resumed:
+            outcome.canary = {"weight": 100, "from_weight": resumed, "set_epoch": time.time()}
         current.advance("switched")
         state.save(current, spec.state_dir)
         clock.lap("switch")
@@ -320,15 +318,7 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
             clock.lap("smoke_nginx")
 
         if spec.watch.seconds > 0:
-            outcome.phase = "watch"
-            figures = watch_new_slot(spec, current, idle, baseline, switched_at)
-            outcome.watch = figures.as_dict()
-            clock.lap("watch")
-            if figures.breach:
-                raise Failed("watch", (
-                    f"watch: {to_release} on slot {idle} breached its limits {figures.seconds:.2f}s after the "
-                    f"switch: {figures.breach} ({_seen(figures)}); traffic was switched back to slot {from_port} "
-                    f"{figures.revert_s:.2f}s after the switch"))
+            _watch_or_fail(spec, current, idle, baseline, switched_at, outcome, clock)
 
         outcome.phase = "record"
         current.commit()
@@ -355,6 +345,83 @@ def move(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str,
         prune(spec, current)
     except OSError as err:  # housekeeping: the move itself succeeded
         outcome.message += f"; removing old releases failed: {err}"
+    return outcome
+
+
+def _start_new_slot(spec: Spec, current: State, to_release: str, mode: str, deploy_id: str, owner: str,
+                    config: SlotConfig | None, outcome: Outcome, clock: Clock, halt_after: str | None) -> int:
+    """Preflight, journal the move, start `to_release` on the idle slot and health-gate it; returns
+    the idle port (the move is pending in phase healthy)."""
+    from_port, from_release = current.live_port, current.live_release
+    if not spec.staged(to_release):
+        raise Failed("preflight", f"release {to_release} is not staged in {spec.release_dir(to_release)}")
+    idle = preflight(spec, current)
+
+    outcome.phase = "start"
+    current.begin(Move(deploy_id, mode, from_port, idle, from_release, to_release, owner=owner,
+                       history_before=list(current.history),
+                       config=config.digest if config else current.live_config,
+                       from_config=current.live_config,
+                       from_released=str(current.slots[str(from_port)].get("released") or "")))
+    state.save(current, spec.state_dir)
+    _configure_slot(spec, idle, from_port, config)
+    host.point_slot(spec.slot_link(idle), to_release)
+    host.start(host.unit_of(spec.service, idle))
+    clock.lap("start")
+    _halt("start", halt_after, spec.service)
+
+    outcome.phase = "health gate"
+    gate(spec, idle)
+    current.advance("healthy")
+    state.save(current, spec.state_dir)
+    clock.lap("health_gate")
+
+    if spec.smoke:
+        outcome.phase = "smoke"
+        smoke_check(spec, idle)
+        clock.lap("smoke")
+    return idle
+
+
+def canary_step(spec: Spec, current: State, to_release: str, weight: int, deploy_id: str, owner: str,
+                halt_after: str | None = None) -> Outcome:
+    """One step of a canary: on the first, start `to_release` on the idle slot and health-gate it
+    (as move() does); then journal the weight, have nginx send exactly `weight` percent of the
+    requests there (the old slot stays live) and watch the new slot for spec.watch.seconds. A
+    breach, like any failure, puts every request back on the old slot, stops the new one and (for
+    a failed health gate or watch) marks the release bad. move() finishes the canary (weight 100)."""
+    clock = Clock()
+    pending = current.pending if current.pending is not None and current.pending.canary else None
+    outcome = Outcome("failed", "", "preflight", current.live_port, current.idle_port(spec.blue_port),
+                      current.live_release, to_release)
+    try:
+        if pending is None:
+            idle = _start_new_slot(spec, current, to_release, "deploy", deploy_id, owner, None, outcome, clock,
+                                   halt_after)
+        else:
+            idle = pending.to_port
+        outcome.phase = "canary"
+        baseline = _metrics_baseline(spec) if spec.watch.seconds > 0 else None
+        from_weight = pending.weight if pending else 0
+        current.canary(weight)
+        state.save(current, spec.state_dir)
+        nginx.set_canary(spec.service, idle, weight, spec.control_socket)
+        set_at = time.monotonic()
+        outcome.canary = {"weight": weight, "from_weight": from_weight, "set_epoch": time.time()}
+        clock.lap("canary")
+        _halt("canary", halt_after, spec.service)
+
+        if spec.watch.seconds > 0:
+            _watch_or_fail(spec, current, idle, baseline, set_at, outcome, clock,
+                           f" with {weight}% of the requests", "into the step")
+    except (Failed, nginx.NginxControlError, state.StateError, RuntimeError, OSError) as err:
+        outcome.phase = err.phase if isinstance(err, Failed) else outcome.phase
+        outcome.durations = clock.durations
+        outcome.message = f"{err}. {undo(spec, current, outcome.phase)}"
+        return outcome
+    outcome.result, outcome.durations, outcome.to_port = "ok", clock.durations, idle
+    outcome.message = (f"{spec.service} {to_release} on slot {idle} takes {weight}% of the requests, "
+                       f"{current.live_release} on slot {current.live_port} the rest")
     return outcome
 
 
@@ -407,7 +474,7 @@ def undo(spec: Spec, current: State, phase: str) -> str:
         return (f"Traffic is on {move_.to_release} (slot {move_.to_port}); the old slot "
                 f"{move_.from_port} needs a look, the next run finishes the move.")
     notes = []
-    if move_.phase == "switched" or phase in ("switch", "verify", "watch"):
+    if move_.phase in ("canary", "switched") or phase in ("canary", "switch", "verify", "watch"):
         try:
             nginx.switch(spec.service, move_.from_port, spec.control_socket)
         except nginx.NginxControlError as err:
@@ -425,18 +492,22 @@ def undo(spec: Spec, current: State, phase: str) -> str:
 
 # -- recovery ----------------------------------------------------------------------------------
 def reconcile(spec: Spec, current: State) -> str:
-    """Resolve a move a killed run left pending; returns what was found and done ("" if none)."""
+    """Resolve a move a killed run left pending; returns what was found and done ("" if none).
+
+    A canary left between its steps (phase canary: the old slot is live, the new one has a share
+    of the requests) is taken back, whatever the new slot's health: every request goes to the old
+    slot again and the new one is stopped. Only the operator's run decides to go further."""
     move_ = current.pending
     if move_ is None:
         return ""
     found = (f"found {move_.mode} {move_.deploy_id} by {move_.owner or 'unknown'} interrupted after its "
-             f"{move_.phase} phase ({move_.from_release} slot {move_.from_port} -> {move_.to_release} "
-             f"slot {move_.to_port})")
+             f"{move_.phase}{f' {move_.weight}%' if move_.canary else ''} phase ({move_.from_release} slot "
+             f"{move_.from_port} -> {move_.to_release} slot {move_.to_port})")
     routed = nginx.route(spec.service, spec.control_socket)
     new_unit, old_unit = host.unit_of(spec.service, move_.to_port), host.unit_of(spec.service, move_.from_port)
     new_ok = host.unit_active(new_unit) == "active" and _healthy(spec, move_.to_port)
     if routed == move_.to_port and new_ok:
-        if move_.phase in ("healthy", "switched"):
+        if move_.phase in ("healthy", "canary", "switched"):
             current.commit()
             state.save(current, spec.state_dir)
         host.enable_at_boot(new_unit, old_unit)
@@ -455,6 +526,8 @@ def reconcile(spec: Spec, current: State) -> str:
             "Look at both units' logs before deploying again"))
     if routed != move_.from_port:
         nginx.switch(spec.service, move_.from_port, spec.control_socket)
+    elif move_.canary:
+        nginx.clear_canary(spec.service, spec.control_socket)
     if move_.phase in ("recorded", "draining"):
         current.revert()
     host.enable_at_boot(old_unit, new_unit)
@@ -463,7 +536,9 @@ def reconcile(spec: Spec, current: State) -> str:
     spec.env_file(move_.to_port).unlink(missing_ok=True)
     current.abandon()
     state.save(current, spec.state_dir)
-    return (f"{found}: slot {move_.to_port} {'was not healthy' if routed == move_.to_port else 'never got traffic'}, "
+    why = ("was not healthy" if routed == move_.to_port else
+           f"had {move_.weight}% of the requests in an unfinished canary" if move_.canary else "never got traffic")
+    return (f"{found}: slot {move_.to_port} {why}, "
             f"so traffic is on {move_.from_release} (slot {move_.from_port}) and {new_unit} was stopped")
 
 
@@ -505,17 +580,25 @@ def plan(spec: Spec, deploy_id: str, owner: str, check: bool, break_lock: bool =
             "staged": bool(release) and spec.staged(str(release))}
 
 
+def _lock(spec: Spec, deploy_id: str, owner: str, lock_ttl: float, break_lock: bool, lock_wait: float,
+          refused: str) -> dict[str, Any] | Outcome:
+    """Take the service's deploy lock: the lock it broke ({} if none), or the failed Outcome."""
+    try:
+        return lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir, wait=lock_wait)
+    except lock.LockHeld as err:
+        return Outcome("failed", f"{err}; refusing {refused}. If that deploy is dead, run again with "
+                                 "-e break_lock=true to break it on purpose.", "lock")
+
+
 def run(spec: Spec, *, mode: str, release: str | None, deploy_id: str, owner: str, hostname: str,
         lock_ttl: float, break_lock: bool, audit_log: str | None, retry_bad_release: bool = False,
         halt_after: str | None = None, lock_wait: float = 0) -> Outcome:
     """Lock, reconcile, move, unlock, audit: one host's whole deploy, rollback or restart. A lock
     taken meanwhile (site.yml converging the service) is waited for up to `lock_wait` seconds."""
     started = time.time()
-    try:
-        broken = lock.acquire(spec.service, deploy_id, owner, lock_ttl, break_lock, spec.lock_dir, wait=lock_wait)
-    except lock.LockHeld as err:
-        return Outcome("failed", f"{err}; refusing to {mode}. If that deploy is dead, run again with "
-                                 "-e break_lock=true to break it on purpose.", "lock")
+    broken = _lock(spec, deploy_id, owner, lock_ttl, break_lock, lock_wait, f"to {mode}")
+    if isinstance(broken, Outcome):
+        return broken
     try:
         outcome = _run_locked(spec, mode, release, deploy_id, owner, retry_bad_release, halt_after)
         outcome.broke_lock = broken
@@ -541,6 +624,8 @@ def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owne
                 retry_bad_release: bool, halt_after: str | None) -> Outcome:
     try:
         current = load(spec)
+        if _own_canary(current, deploy_id, release) and mode == "deploy":
+            return move(spec, current, str(release), mode, deploy_id, owner, halt_after)  # its weight 100
         reconciled = reconcile(spec, current)
     except (Failed, nginx.NginxControlError, state.StateError) as err:
         return Outcome("failed", str(err), getattr(err, "phase", "reconcile"))
@@ -564,6 +649,80 @@ def _run_locked(spec: Spec, mode: str, release: str | None, deploy_id: str, owne
                         "pass -e retry_bad_release=true to try it again")
         return live
     outcome = move(spec, current, target, mode, deploy_id, owner, halt_after)
+    outcome.reconciled = reconciled
+    return outcome
+
+
+def _own_canary(current: State, deploy_id: str, release: str | None) -> bool:
+    """The pending move is a canary of this deploy, to `release`: its next step or its end."""
+    move_ = current.pending
+    return move_ is not None and move_.canary and move_.deploy_id == deploy_id and move_.to_release == release
+
+
+# How long a canary's lock waits for its next step at most (the run's lock_ttl, when shorter).
+CANARY_HANDOVER = 3600.0
+
+
+def canary(spec: Spec, *, release: str, weight: int, deploy_id: str, owner: str, hostname: str, lock_ttl: float,
+           break_lock: bool, audit_log: str | None, retry_bad_release: bool = False, halt_after: str | None = None,
+           lock_wait: float = 0) -> Outcome:
+    """One step of a canary of `release` on this host (weight 1 to 99; its end, 100, is run() of
+    the same deploy), or, with weight 0, the canary taken back: every request on the old slot
+    again and the new slot stopped. Between the steps the lock stays this deploy's (handed over,
+    without a process, for lock_ttl seconds at most): other runs are refused until the next
+    step, the end or the take-back; once it expires, the next run takes it over and reconciles
+    (takes the canary back). One audit line per step."""
+    started = time.time()
+    broken = _lock(spec, deploy_id, owner, lock_ttl, break_lock, lock_wait, "a canary step")
+    if isinstance(broken, Outcome):
+        return broken
+    outcome = Outcome("failed", "", "canary")
+    try:
+        outcome = _canary_locked(spec, release, weight, deploy_id, owner, retry_bad_release, halt_after)
+        outcome.broke_lock = broken
+    finally:
+        if outcome.result == "ok" and weight > 0:
+            lock.hand_over(spec.service, deploy_id, min(float(lock_ttl), CANARY_HANDOVER), spec.lock_dir)
+        else:
+            lock.release(spec.service, deploy_id, spec.lock_dir)
+    if audit_log and outcome.result != "unchanged":
+        write_audit(audit_log, outcome, spec.service, "canary", deploy_id, owner, hostname, started)
+    return outcome
+
+
+def _canary_locked(spec: Spec, release: str, weight: int, deploy_id: str, owner: str, retry_bad_release: bool,
+                   halt_after: str | None) -> Outcome:
+    try:
+        current = load(spec)
+        ours = _own_canary(current, deploy_id, release)
+        if weight == 0:
+            if not ours:
+                return Outcome("unchanged", f"{spec.service}: no canary of {deploy_id} here", "", current.live_port,
+                               current.live_port, current.live_release, current.live_release)
+            move_ = current.pending
+            assert move_ is not None
+            taken = Outcome("ok", "", "canary", move_.from_port, move_.to_port, move_.from_release, move_.to_release,
+                            canary={"weight": 0, "from_weight": move_.weight, "set_epoch": time.time()})
+            taken.message = f"canary taken back from {move_.weight}%: {undo(spec, current, 'canary')}"
+            return taken
+        reconciled = "" if ours else reconcile(spec, current)
+    except (Failed, nginx.NginxControlError, state.StateError) as err:
+        return Outcome("failed", str(err), getattr(err, "phase", "reconcile"))
+    live = Outcome("unchanged", "", "", current.live_port, current.live_port, current.live_release, release,
+                   reconciled=reconciled)
+    if not ours and release == current.live_release:
+        live.message = f"{spec.service} {release} is already live on slot {current.live_port}"
+        return live
+    if not ours and release in current.bad_releases and not retry_bad_release:
+        live.result, live.phase = "failed", "plan"
+        live.message = (f"{spec.service} {release} was marked bad on this host (it failed its health gate, "
+                        "verification or watch); pass -e retry_bad_release=true to try it again")
+        return live
+    if current.weight is not None and weight <= current.weight:
+        live.result, live.phase = "failed", "canary"
+        live.message = f"{spec.service}: canary steps only go up: {weight}% after {current.weight}%"
+        return live
+    outcome = canary_step(spec, current, release, weight, deploy_id, owner, halt_after)
     outcome.reconciled = reconciled
     return outcome
 
@@ -759,6 +918,8 @@ def write_audit(path: str, outcome: Outcome, service: str, mode: str, deploy_id:
     }
     if outcome.watch:
         line["watch"] = outcome.watch
+    if outcome.canary:
+        line["canary"] = outcome.canary
     line.update(extra or {})
     data = memoryview((json.dumps(line, sort_keys=True) + "\n").encode("utf-8"))
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,11 @@ deploy's journal, which never stops the slot nginx serves.
 The lock is only held inside one call of the engine on this host, by the process whose pid it
 records. A lock whose process no longer runs here was left by a deploy that died (the controller
 killed mid-move, a crash): it is taken over without being asked, and reported as broken.
+
+A canary (several engine calls, one per step, then the move) holds the lock between its calls:
+hand_over() leaves it without a pid, "between canary steps", until it expires (the run's lock
+ttl); the same deploy's next call takes it back. Another run is refused meanwhile; once that lock
+expires, its canary counts as dead and is taken over like a dead process's.
 """
 
 from __future__ import annotations
@@ -60,7 +65,10 @@ def alive(pid: Any) -> bool:
 
 
 def orphaned(lock: dict[str, Any]) -> bool:
-    """The lock's holder died: it recorded a pid that no longer runs on this host."""
+    """The lock's holder died: it recorded a pid that no longer runs on this host, or it was handed
+    over between canary steps and expired before the next step took it back."""
+    if lock.get("handover"):
+        return float(lock.get("expires_epoch", 0)) < time.time()
     return "pid" in lock and not alive(lock["pid"])
 
 
@@ -76,7 +84,11 @@ def held_by_other(lock: dict[str, Any] | None, deploy_id: str) -> bool:
 
 def describe(lock: dict[str, Any]) -> str:
     stale = f" (stale: expired {lock.get('expires', '?')})" if lock.get("expires_epoch", 0) < time.time() else ""
-    dead = f"; its process {lock['pid']} no longer runs here, so that deploy died" if orphaned(lock) else ""
+    if lock.get("handover"):
+        dead = ("; it is between canary steps" if not orphaned(lock) else
+                "; it was between canary steps and its next step never came, so that deploy died")
+    else:
+        dead = f"; its process {lock['pid']} no longer runs here, so that deploy died" if orphaned(lock) else ""
     return (f"held by {lock.get('owner', 'unknown')} since {lock.get('started', '?')} "
             f"(deploy {lock.get('deploy_id', '?')}, expires {lock.get('expires', '?')}){stale}{dead}")
 
@@ -98,6 +110,9 @@ def acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bo
 def _acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: bool, lock_dir: str) -> dict[str, Any]:
     current = read(service, lock_dir)
     if current is not None and current.get("deploy_id") == deploy_id:
+        if current.get("handover"):  # the next call of a canary takes its lock back
+            _write(path_of(service, lock_dir), {k: v for k, v in current.items() if k != "handover"} | {
+                "pid": os.getpid()})
         return {}
     broken: dict[str, Any] = {}
     path = path_of(service, lock_dir)
@@ -118,6 +133,27 @@ def _acquire(service: str, deploy_id: str, owner: str, ttl: float, break_lock: b
         json.dump(lock, handle)
         handle.write("\n")
     return broken
+
+
+def _write(path: Path, lock: dict[str, Any]) -> None:
+    """Replace a lock this deploy holds (write and rename: a reader sees the old or the new)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(lock) + "\n", encoding="utf-8")
+    temporary.chmod(0o644)
+    temporary.rename(path)
+
+
+def hand_over(service: str, deploy_id: str, ttl: float, lock_dir: str = LOCK_DIR) -> bool:
+    """Keep the lock of `deploy_id` between two calls of its canary: no pid, expiring in `ttl`
+    seconds (then orphaned); False when `deploy_id` does not hold it."""
+    current = read(service, lock_dir)
+    if current is None or current.get("deploy_id") != deploy_id:
+        return False
+    now = time.time()
+    kept = {k: v for k, v in current.items() if k != "pid"}
+    _write(path_of(service, lock_dir), kept | {"handover": True, "expires": iso(now + ttl),
+                                                "expires_epoch": now + ttl})
+    return True
 
 
 def release(service: str, deploy_id: str, lock_dir: str = LOCK_DIR) -> bool:

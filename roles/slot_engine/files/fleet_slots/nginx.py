@@ -8,6 +8,9 @@ reads per request, and serves a small HTTP API on a unix socket only root can re
     GET /maintenance               -> {"main-api": 600, ...}  (services in maintenance: Retry-After)
     PUT /maintenance/<service>     body "600": answer 503 with the maintenance page from now on
     DELETE /maintenance/<service>  route to the live slot again
+    GET /canary                    -> {"main-api": {"port": 9010, "weight": 25, "requests": 812}, ...}
+    PUT /canary/<service>          body "9010 25": send 25% of the requests to the idle slot 9010
+    DELETE /canary/<service>       every request to the live slot again (PUT /slots ends it too)
     GET /metrics[?window=N]            request figures per service (fleet_slots.metrics reads them)
     GET /metrics/<service>[?window=N]  one service's
 
@@ -68,10 +71,27 @@ def route(service: str, control_socket: str = CONTROL_SOCKET) -> int | None:
 
 
 def switch(service: str, port: int, control_socket: str = CONTROL_SOCKET) -> int | None:
-    """Route `service` to `port` from the next request on; returns the previous port."""
+    """Route `service` to `port` from the next request on, ending a canary; returns the previous port."""
     answer = _call("PUT", f"/slots/{service}", body=str(port), control_socket=control_socket)
     previous = answer.get("previous")
     return int(previous) if previous is not None else None
+
+
+def canaries(control_socket: str = CONTROL_SOCKET) -> dict[str, dict[str, int]]:
+    """The services in a canary step right now: each one's canary port, weight and requests counted."""
+    answer: dict[str, dict[str, int]] = _call("GET", "/canary", control_socket=control_socket)
+    return answer
+
+
+def set_canary(service: str, port: int, weight: int, control_socket: str = CONTROL_SOCKET) -> None:
+    """From the next request on, exactly `weight` percent of the service's requests go to its idle
+    slot `port` (request n when floor(n*weight/100) passes a whole number), the rest to the live one."""
+    _call("PUT", f"/canary/{service}", body=f"{port} {weight}", control_socket=control_socket)
+
+
+def clear_canary(service: str, control_socket: str = CONTROL_SOCKET) -> None:
+    """From the next request on, every request of `service` goes to its live slot again."""
+    _call("DELETE", f"/canary/{service}", control_socket=control_socket)
 
 
 def maintenance(control_socket: str = CONTROL_SOCKET) -> dict[str, int]:

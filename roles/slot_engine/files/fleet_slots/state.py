@@ -2,7 +2,8 @@
 
 This module is the only writer of /var/lib/fleet/state/<service>.json; every reader (the slot
 engine, the Ansible module, the local fact, the health checker, the benchmark) goes through
-`load`. nginx's Lua balancer reads one field of it, `live_port`, when nginx starts or reloads.
+`load`. nginx's Lua balancer reads three fields of it, `live_port`, `weight` (with the pending move's
+`to_port`) and `maintenance`, when nginx starts or reloads.
 
     {
       "service": "main-api",
@@ -13,6 +14,7 @@ engine, the Ansible module, the local fact, the health checker, the benchmark) g
       "bad_releases": ["9.9.9"],               # failed their health gate, verification or watch here
       "last_deploy": "main-api-2026...",       # deploy id of the last completed move
       "pending": null | {...},                 # the journal of a move in progress
+      "weight": null | 25,                     # a canary's share of requests (%) on pending.to_port
       "maintenance": null | {"since": "...", "by": "alice@laptop", "reason": "...", "retry_after": 600}
     }
 
@@ -23,6 +25,11 @@ compares it with the catalog's to decide whether a configuration change needs a 
 A move writes `pending` (from/to slot and release, deploy id, phase) before it changes anything a
 client could see, advances its phase as it goes, and clears it when the old slot is stopped. A
 `pending` found by a later run is a move that was interrupted: see engine.reconcile.
+
+A canary (hot_deploy.yml -e canary=5,25,100) is a move that holds in phase `canary` between
+`healthy` and `switched`: the live slot stays the old one and nginx sends the pending move's
+`weight` percent of the service's requests to the new slot. `weight` is written at the top level
+too (derived from the journal, ignored when read back) for nginx's init and the status table.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from . import host
 STATE_DIR = "/var/lib/fleet/state"
 
 # The phases of a move, in order. A move interrupted before "switched" never moved traffic.
-PHASES = ("started", "healthy", "switched", "recorded", "draining")
+# "canary": the new slot takes `weight` percent of the requests, the old one stays live.
+PHASES = ("started", "healthy", "canary", "switched", "recorded", "draining")
 # Live releases remembered, oldest first: enough to roll back step by step, bounded.
 HISTORY_KEEP = 10
 # deploy and rollback change the release; restart moves the live release to the other slot;
@@ -74,6 +82,7 @@ class Move:
     history_before: list[str] = field(default_factory=list)  # to revert a recorded move exactly
     started: str = field(default_factory=now_iso)
     started_epoch: float = field(default_factory=time.time)
+    weight: int = 0  # phase canary: the new slot's share of requests, percent (1 to 99)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Move:
@@ -83,11 +92,18 @@ class Move:
             raise StateError(f"pending move is incomplete: {err}") from err
         if move.phase not in PHASES:
             raise StateError(f"pending move has unknown phase {move.phase!r} (expected one of {', '.join(PHASES)})")
+        if not isinstance(move.weight, int) or isinstance(move.weight, bool) or not 0 <= move.weight <= 99:
+            raise StateError(f"pending move has weight {move.weight!r} (expected a whole percent from 0 to 99)")
         return move
 
     @property
     def traffic_moved(self) -> bool:
         return PHASES.index(self.phase) >= PHASES.index("switched")
+
+    @property
+    def canary(self) -> bool:
+        """The move holds in a canary step: the new slot takes `weight` percent of the requests."""
+        return self.phase == "canary"
 
 
 @dataclass
@@ -132,7 +148,13 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["pending"] = asdict(self.pending) if self.pending else None
+        data["weight"] = self.weight
         return data
+
+    @property
+    def weight(self) -> int | None:
+        """The canary's share of requests (percent) on the pending move's new slot; None without one."""
+        return self.pending.weight if self.pending is not None and self.pending.canary else None
 
     @property
     def live_release(self) -> str:
@@ -170,6 +192,20 @@ class State:
         if PHASES.index(phase) < PHASES.index(self.pending.phase):
             raise StateError(f"{self.service}: phase {phase} comes before {self.pending.phase}")
         self.pending.phase = phase
+        if phase != "canary":
+            self.pending.weight = 0
+
+    def canary(self, weight: int) -> None:
+        """The pending move's new slot takes `weight` percent of the requests (1 to 99); the old
+        slot stays live. Steps only go up: a canary is taken back with abandon()."""
+        move = self.pending
+        if move is None or move.phase not in ("healthy", "canary"):
+            raise StateError(f"{self.service}: only a move whose new slot passed its health gate can take a share "
+                             "of the traffic")
+        if not 1 <= weight <= 99 or (move.canary and weight <= move.weight):
+            raise StateError(f"{self.service}: canary weight {weight} must be from 1 to 99 and above the current "
+                             f"{move.weight if move.canary else 0}")
+        move.phase, move.weight = "canary", weight
 
     def commit(self) -> None:
         """The pending move's slot becomes live (phase `recorded`); the old slot still runs."""
