@@ -14,7 +14,7 @@ import difflib
 import re
 import shlex
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
@@ -523,33 +523,33 @@ def _health(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     }
 
 
+def _number(where: str, value: Any, problems: _Problems, default: Any, fits: Callable[[float], bool],
+            must_be: str, example: str) -> Any:
+    """A number (int or float) that `fits`, or `default` when absent (null) or refused."""
+    if value is None:
+        return default
+    if not _is_number(value) or not fits(value):
+        problems.add(where, f"must be {must_be}, got {_kind(value)}; e.g. {example}")
+        return default
+    return value
+
+
 def _deploy(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
     """The watch after each host's switch: how long, and the limits whose breach reverts the host."""
     where = f"{name}.deploy"
     raw = _mapping(where, value, problems, "deploy: {watch: 30, max_error_share: 0.01}")
     _check_keys(where, raw, [*DEPLOY_DEFAULTS, *HOOK_KEYS], problems)
     deploy = dict(DEPLOY_DEFAULTS)
-    watch = raw.get("watch")
-    if watch is not None:
-        if not _is_number(watch) or not 0 <= watch <= WATCH_MAX:
-            problems.add(f"{where}.watch", f"must be a number of seconds from 0 (no watch) to {WATCH_MAX}, got "
-                                           f"{_kind(watch)}; e.g. watch: 30")
-        else:
-            deploy["watch"] = watch
-    share = raw.get("max_error_share")
-    if share is not None:
-        if not _is_number(share) or not 0 <= share <= 1:
-            problems.add(f"{where}.max_error_share", f"must be a share of requests from 0 to 1 (0.01 is 1%), got "
-                                                     f"{_kind(share)}; e.g. max_error_share: 0.01")
-        else:
-            deploy["max_error_share"] = share
-    p99 = raw.get("max_p99_ms")
-    if p99 is not None:
-        if not _is_number(p99) or not 0 < p99 < float("inf"):
-            problems.add(f"{where}.max_p99_ms", f"must be a number of milliseconds above 0, or null (latency not "
-                                                f"judged), got {_kind(p99)}; e.g. max_p99_ms: 500")
-        else:
-            deploy["max_p99_ms"] = p99
+    deploy["watch"] = _number(f"{where}.watch", raw.get("watch"), problems, DEPLOY_DEFAULTS["watch"],
+                              lambda v: 0 <= v <= WATCH_MAX, f"a number of seconds from 0 (no watch) to {WATCH_MAX}",
+                              "watch: 30")
+    deploy["max_error_share"] = _number(f"{where}.max_error_share", raw.get("max_error_share"), problems,
+                                        DEPLOY_DEFAULTS["max_error_share"], lambda v: 0 <= v <= 1,
+                                        "a share of requests from 0 to 1 (0.01 is 1%)", "max_error_share: 0.01")
+    deploy["max_p99_ms"] = _number(f"{where}.max_p99_ms", raw.get("max_p99_ms"), problems,
+                                   DEPLOY_DEFAULTS["max_p99_ms"], lambda v: 0 < v < float("inf"),
+                                   "a number of milliseconds above 0, or null (latency not judged)",
+                                   "max_p99_ms: 500")
     deploy["min_requests"] = _integer(f"{where}.min_requests", raw.get("min_requests"), problems,
                                       DEPLOY_DEFAULTS["min_requests"], 1, 1_000_000, example="min_requests: 100")
     deploy["pre_deploy"] = _pre_deploy(where, raw.get("pre_deploy"), problems)
