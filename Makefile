@@ -68,22 +68,9 @@ molecule-stream-%:
 	    echo "[molecule:$$scenario] passed in $$((SECONDS - started)) s"; \
 	done
 
-# Real hosts over SSH: brings a lab up, runs the playbooks as a user types them, takes it down.
-# Two halves side by side, each on a 3-host lab of its own (fleet-test, fleet-test-2): most of a lab
-# test's time is spent waiting on its hosts (health gates, drains, watches, load at a fixed rate).
-# The first half starts with the AWX runner tests, whose site.yml run is the idempotence check of
-# the lab's first converge; the second half is every other test file, so a new one is never left out.
-INTEGRATION_1 := $(addprefix tests/integration/,test_awx_runner.py test_hot_deploy_lab.py \
-	test_maintenance_lab.py test_request_figures_lab.py)
-INTEGRATION_2 := $(filter-out $(INTEGRATION_1),$(sort $(wildcard tests/integration/test_*.py)))
-
+# Real hosts over SSH: brings the lab up, runs the playbooks as a user types them, takes it down.
 integration: deps
-	$(MAKE) --no-print-directory -j2 integration-1 integration-2
-
-integration-1: export FLEET_TEST_LAB = fleet-test
-integration-2: export FLEET_TEST_LAB = fleet-test-2
-integration-%:
-	pytest -v -p no:cacheprovider --durations=12 $(INTEGRATION_$*) 2>&1 | sed -u 's/^/[integration-$*] /'
+	pytest -v -p no:cacheprovider --durations=12 tests/integration 2>&1 | sed -u 's/^/[integration] /'
 
 ## bench: hot deploy vs naive restart under load on the lab (prints figures, draws build/bench/hot_deploy.png)
 bench: lab

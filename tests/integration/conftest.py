@@ -1,8 +1,7 @@
 """Integration tests run against a lab fleet of their own: real hosts over SSH, converged by site.yml.
 
-The suite's lab is named `fleet-test` (FLEET_TEST_LAB overrides it: `make integration` runs the
-test files in two halves side by side, on `fleet-test` and `fleet-test-2`), so `make test` never
-touches the lab `make lab` starts (named `fleet-lab`) or any other. The session starts it on fresh hosts
+The suite's lab is named `fleet-test` (FLEET_TEST_LAB overrides it), so `make test` never touches
+the lab `make lab` starts (named `fleet-lab`) or any other. The session starts it on fresh hosts
 (`python3 -m lab --name fleet-test down`, then `up`: a lab of that name is this suite's own, left
 by an earlier run with FLEET_KEEP_LAB=1), builds the releases, converges site.yml once and hands
 the tests a `Lab` handle (lab/client.py); it takes the lab down afterwards unless FLEET_KEEP_LAB=1.
