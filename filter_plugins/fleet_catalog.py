@@ -535,7 +535,8 @@ def _number(where: str, value: Any, problems: _Problems, default: Any, fits: Cal
 
 
 def _deploy(name: str, value: Any, problems: _Problems) -> dict[str, Any]:
-    """The watch after each host's switch: how long, and the limits whose breach reverts the host."""
+    """The deploy section: the watch after each host's switch (how long, and the limits whose breach
+    reverts the host) and the deploy's hooks."""
     where = f"{name}.deploy"
     raw = _mapping(where, value, problems, "deploy: {watch: 30, max_error_share: 0.01}")
     _check_keys(where, raw, [*DEPLOY_DEFAULTS, *HOOK_KEYS], problems)
