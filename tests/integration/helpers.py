@@ -45,4 +45,5 @@ def summary_of(output: str) -> str:
 def start_playbook(lab: Lab, log, *args: str) -> subprocess.Popen:
     """ansible-playbook in the background, its output in a file: an ssh ControlPersist master
     outlives the run, so waiting for EOF on a pipe would wait for the master too."""
-    return subprocess.Popen(lab.argv(*args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(lab.argv(*args), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)

@@ -359,7 +359,7 @@ def test_a_deploy_killed_at_any_phase_is_reconciled_by_the_next_run_without_a_dr
             controller = subprocess.Popen(
                 lab.argv("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
                          "-e", f"drill_halt_after={phase}", "--limit", host),
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             marker = f"/run/fleet-slots/{service}.halted"
             deadline = time.monotonic() + 120
             while lab.ssh(host, f"test -e {marker}", check=False).returncode != 0:
@@ -497,7 +497,7 @@ def test_a_canary_killed_mid_step_is_shown_then_taken_back_by_the_next_run(lab: 
             lab.argv("hot_deploy.yml", "-e", f"service={service}", "-e", f"version={release}",
                      "-e", "canary=20,100", "-e", "watch=30", "-e", "drill_halt_after=canary",
                      "-e", "retry_bad_release=true", "--limit", host),
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while lab.ssh(host, f"test -e {marker}", check=False).returncode != 0:
             assert controller.poll() is None and time.monotonic() < deadline, \
