@@ -194,11 +194,15 @@ def role_file(*parts: str) -> Any:
 
 
 def imported_tasks() -> Iterator[tuple[dict[str, Any], list[Any]]]:
-    """Every task of tasks/main.yml's imports, in order, with the conditions it runs under; an
-    import_role of another role's entry point (fleet's packages) is expanded with its vars."""
+    """Every task of tasks/main.yml's imports and includes, in order, with the conditions it runs
+    under (an include's condition is read once, before its tasks: none of them changes what it
+    reads); an import_role of another role's entry point (fleet's packages) is expanded with its
+    vars."""
     for imp in role_file("tasks", "main.yml"):
-        assert set(imp) <= {"name", "ansible.builtin.import_tasks", "when", "tags"}, imp
-        for task in role_file("tasks", imp["ansible.builtin.import_tasks"]):
+        keys = {"name", "ansible.builtin.import_tasks", "ansible.builtin.include_tasks", "when", "tags"}
+        assert set(imp) <= keys, imp
+        tasks_file = imp.get("ansible.builtin.import_tasks") or imp["ansible.builtin.include_tasks"]
+        for task in role_file("tasks", tasks_file):
             if "ansible.builtin.import_role" in task:
                 role = task["ansible.builtin.import_role"]
                 entry = ROLE.parent / role["name"] / "tasks" / f"{role['tasks_from']}.yml"
