@@ -28,8 +28,10 @@ about 60,000 requests.
 
 It prints, per phase and client kind, requests, non-2xx, connection errors, p50/p99 latency and
 the keep-alive reconnects of check clients; per host, the engine's time for each move of this run
-(the audit log's `seconds`) against its floor (time to healthy + that move's own drain); and the
-wall-clock time of each rolling deploy. It writes build/bench/hot_deploy.json (every figure),
+(the audit log's `seconds`) against its floor (time to healthy + that move's own drain + the watch
+the catalog asks for, `deploy.watch`, as the audit line records it); and the wall-clock time of
+each rolling deploy, whose goal is 8 s plus the watch of each host in turn. It writes
+build/bench/hot_deploy.json (every figure),
 build/bench/hot_deploy.png (latency per request by client kind, failures per second, phases
 shaded, switches dashed) and each playbook's output to build/bench/logs/.
 
@@ -65,7 +67,7 @@ from lab.client import DEFAULT_INVENTORY, REPO_ROOT, Lab
 RELEASES = ("1.1.0", "1.2.0", "2.0.0", "1.0.0")
 CATALOG = REPO_ROOT / "inventories" / "lab" / "group_vars" / "all" / "fleet_services.yml"
 GUARDED = ("deploys", "rollback", "interrupted", "restart", "reconfigure")  # no request may fail
-ROLLING_GOAL_S = 8.0
+ROLLING_GOAL_S = 8.0  # a rolling deploy of the lab's 3 hosts, plus each host's watch (a chosen hold)
 GUARDED_REQUESTS_GOAL = 50_000  # requests in the guarded phases, for figures worth trusting
 MOVE_MODES = ("deploy", "rollback", "restart", "reconfigure")
 SETTLE_S = 3.0  # load after every deploy step, at the least
@@ -353,15 +355,17 @@ def audit_lines(lab: Lab, service: str, since: str) -> dict[str, list[dict[str, 
 
 
 def switch_figures(audit: dict[str, list[dict[str, Any]]], healthy: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Per host: each ok move's engine time against its floor (time to healthy + its own drain).
+    """Per host: each ok move's engine time against its floor (time to healthy + its own drain +
+    its watch: the engine holds the move for the watch by design).
 
     A move is an audit line that started a release on the idle slot (deploy, rollback, restart);
     lines of other modes (a reconcile found by the plan) are kept apart, under `other`."""
     figures: dict[str, dict[str, Any]] = {}
     for host, records in audit.items():
         moves = [{"mode": r["mode"], "to_release": r["to_release"], "seconds": r["seconds"],
-                  "durations": r.get("durations", {}),
-                  "floor": round(healthy[host] + float(r.get("durations", {}).get("drain", 0.0)), 3)}
+                  "durations": r.get("durations", {}), "watch_s": float((r.get("watch") or {}).get("seconds", 0.0)),
+                  "floor": round(healthy[host] + float(r.get("durations", {}).get("drain", 0.0))
+                                 + float((r.get("watch") or {}).get("seconds", 0.0)), 3)}
                  for r in records if r.get("result") == "ok" and r.get("mode") in MOVE_MODES]
         rest = {"failed": [r for r in records if r.get("result") != "ok"],
                 "other": [r for r in records if r.get("result") == "ok" and r.get("mode") not in MOVE_MODES]}
@@ -416,7 +420,7 @@ def print_tables(report: dict[str, Any], run: Run) -> None:
           f"{report['loadavg']['end']} at the end")
 
     print(f"\nper-host switch: the engine's time for a whole move (audit `seconds`) against its floor "
-          f"(time to healthy on its own + that move's drain); goal: difference <= {SWITCH_GOAL_S:g}s")
+          f"(time to healthy on its own + that move's drain + its watch); goal: difference <= {SWITCH_GOAL_S:g}s")
     print(f"{'host':<16} {'moves':>5} {'healthy s':>9} {'switch s':>9} {'floor s':>8} {'diff s':>7} {'ratio':>6}")
     for host, f in report["switch"].items():
         if not f["moves"]:
@@ -437,7 +441,7 @@ def print_tables(report: dict[str, Any], run: Run) -> None:
 
     rolling = report["rolling"]
     print(f"\nrolling deploys ({len(run.lab.hosts)} hosts, wall clock of ansible-playbook; goal <= "
-          f"{ROLLING_GOAL_S:g}s):")
+          f"{ROLLING_GOAL_S:g}s + {len(run.lab.hosts)} x the {rolling['watch_s']:g}s watch = {rolling['goal_s']:g}s):")
     for p in run.playbooks:
         mark = "" if p.rolling else "  (not counted)"
         print(f"    {p.phase:<12} {p.release or '-':<6} {p.seconds:>6.1f}s  rc {p.returncode}{mark}  {p.command}")
@@ -541,6 +545,10 @@ def main() -> int:
     guarded_samples = [s for w in run.windows if w.name in GUARDED for s in in_window(samples, w)]
     guarded_failed = failures(guarded_samples)
     rolling_times = [p.seconds for p in run.playbooks if p.rolling]
+    switch = switch_figures(audit, healthy)
+    # The watch each move held (the audit's), the same on every host: the catalog's deploy.watch.
+    watch_s = round(statistics.median([m["watch_s"] for f in switch.values() for m in f["moves"]] or [0.0]), 1)
+    rolling_goal_s = ROLLING_GOAL_S + len(lab.hosts) * watch_s
     report: dict[str, Any] = {
         "service": args.service, "hosts": lab.hosts, "inventory": str(lab.inventory), "since": since,
         "rate_target": args.rate, "streams": len(load.streams), "modes": sorted({s.mode for s in load.streams}),
@@ -554,11 +562,11 @@ def main() -> int:
         "connections_by_client": {c: sum(st.connections for st in load.streams if st.client == c) for c in CLIENTS},
         "loadavg": {"start": loadavg_start, "end": round(os.getloadavg()[0], 2)},
         "floor_healthy_s": healthy,
-        "switch": switch_figures(audit, healthy),
-        "rolling": {"count": len(rolling_times), "goal_s": ROLLING_GOAL_S,
+        "switch": switch,
+        "rolling": {"count": len(rolling_times), "goal_s": rolling_goal_s, "watch_s": watch_s,
                     "min_s": min(rolling_times, default=None), "max_s": max(rolling_times, default=None),
                     "median_s": round(statistics.median(rolling_times), 3) if rolling_times else None,
-                    "within_goal": bool(rolling_times) and max(rolling_times) <= ROLLING_GOAL_S},
+                    "within_goal": bool(rolling_times) and max(rolling_times) <= rolling_goal_s},
         "playbooks": [asdict(p) for p in run.playbooks],
         "interrupted": run.interrupted,
         "switch_points": switch_points(samples),
