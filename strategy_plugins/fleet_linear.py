@@ -40,20 +40,13 @@ def _strategy() -> Any:
         import ansible_mitogen.strategy
     except ImportError:
         Display().warning("fleet_linear: the mitogen package is not installed; running the plain linear strategy")
-
-        class PlainLinear(linear):  # type: ignore[misc,valid-type]
-            def run(self, iterator: Any, play_context: Any, result: int = 0) -> Any:
-                load_jinja_plugins()
-                return super().run(iterator, play_context, result)
-
-        return PlainLinear
+        return linear
 
     class MitogenLinear(ansible_mitogen.strategy.StrategyMixin, linear):  # type: ignore[misc,valid-type]
         """Mitogen's mixin over ansible.builtin.linear, as its own mitogen_linear plugin does,
         except for plays on the controller itself."""
 
         def run(self, iterator: Any, play_context: Any, result: int = 0) -> Any:
-            load_jinja_plugins()
             if iterator._play.connection in LOCAL_CONNECTIONS:
                 return linear.run(self, iterator, play_context)
             return super().run(iterator, play_context, result)
@@ -61,4 +54,9 @@ def _strategy() -> Any:
     return MitogenLinear
 
 
-StrategyModule = _strategy()
+class StrategyModule(_strategy()):  # type: ignore[misc]
+    """One strategy object per play: the Jinja plugins are loaded before it forks any worker."""
+
+    def run(self, iterator: Any, play_context: Any) -> Any:  # as TaskQueueManager calls it
+        load_jinja_plugins()
+        return super().run(iterator, play_context)

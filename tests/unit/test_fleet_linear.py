@@ -4,7 +4,9 @@ worker per task: a worker then finds every filter without importing a plugin fil
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ansible.plugins import loader as plugin_loader
@@ -36,3 +38,22 @@ def test_after_loading_a_filter_is_found_without_importing_any_plugin_file(monke
 def test_the_strategy_is_ansibles_linear() -> None:
     linear = plugin_loader.strategy_loader.get("linear", class_only=True)
     assert issubclass(_fleet_linear().StrategyModule, linear)
+
+
+def test_without_mitogen_each_play_loads_the_plugins_then_runs_plain_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ansible_mitogen", None)  # an import of it raises ImportError
+    monkeypatch.setitem(sys.modules, "ansible_mitogen.strategy", None)
+    fleet_linear = _fleet_linear()
+    linear = plugin_loader.strategy_loader.get("linear", class_only=True)
+    assert fleet_linear.StrategyModule.__mro__[1] is linear
+    calls: list[Any] = []
+    monkeypatch.setattr(fleet_linear, "load_jinja_plugins", lambda: calls.append("load"))
+
+    def linear_run(_self: Any, iterator: Any, play_context: Any) -> None:  # ansible-core's signature
+        calls.append(("run", iterator, play_context))
+
+    monkeypatch.setattr(linear, "run", linear_run)
+
+    strategy = object.__new__(fleet_linear.StrategyModule)
+    strategy.run("iterator", "play context")  # the two arguments TaskQueueManager passes
+    assert calls == ["load", ("run", "iterator", "play context")]
