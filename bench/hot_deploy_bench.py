@@ -360,13 +360,15 @@ def switch_figures(audit: dict[str, list[dict[str, Any]]], healthy: dict[str, fl
 
     A move is an audit line that started a release on the idle slot (deploy, rollback, restart);
     lines of other modes (a reconcile found by the plan) are kept apart, under `other`."""
+    def move(r: dict[str, Any], healthy_s: float) -> dict[str, Any]:
+        durations = r.get("durations", {})
+        watch_s = float((r.get("watch") or {}).get("seconds", 0.0))
+        return {"mode": r["mode"], "to_release": r["to_release"], "seconds": r["seconds"], "durations": durations,
+                "watch_s": watch_s, "floor": round(healthy_s + float(durations.get("drain", 0.0)) + watch_s, 3)}
+
     figures: dict[str, dict[str, Any]] = {}
     for host, records in audit.items():
-        moves = [{"mode": r["mode"], "to_release": r["to_release"], "seconds": r["seconds"],
-                  "durations": r.get("durations", {}), "watch_s": float((r.get("watch") or {}).get("seconds", 0.0)),
-                  "floor": round(healthy[host] + float(r.get("durations", {}).get("drain", 0.0))
-                                 + float((r.get("watch") or {}).get("seconds", 0.0)), 3)}
-                 for r in records if r.get("result") == "ok" and r.get("mode") in MOVE_MODES]
+        moves = [move(r, healthy[host]) for r in records if r.get("result") == "ok" and r.get("mode") in MOVE_MODES]
         rest = {"failed": [r for r in records if r.get("result") != "ok"],
                 "other": [r for r in records if r.get("result") == "ok" and r.get("mode") not in MOVE_MODES]}
         if not moves:
